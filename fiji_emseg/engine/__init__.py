@@ -1,0 +1,1 @@
+"""GUI-free core: data and IO, model factory, training, tiled inference, metrics. No Java here."""
