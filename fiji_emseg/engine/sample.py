@@ -157,12 +157,7 @@ def as_binary_mask(data: Any, name: str = "mask", allow_empty: bool = True) -> n
         return arr.astype(np.uint8)
     if arr.dtype.kind not in "uif":
         raise InputDataError(f"{name}: pixel type {arr.dtype} cannot be a mask; use an 8-bit 0/255 or 0/1 image")
-    # Fast path for the common uint8 case: bincount over 256 values, no sort.
-    if arr.dtype == np.uint8:
-        counts = np.bincount(arr.ravel(), minlength=256)
-        values = np.flatnonzero(counts)
-    else:
-        values = np.unique(arr)
+    values = _distinct_values(arr)
     vset = {float(v) for v in values}
     if vset <= {0.0, 1.0}:
         out = arr.astype(np.uint8, copy=arr.dtype != np.uint8)
@@ -178,6 +173,26 @@ def as_binary_mask(data: Any, name: str = "mask", allow_empty: bool = True) -> n
     if not allow_empty and not out.any():
         raise InputDataError(f"{name}: the mask is empty (no foreground voxel)")
     return out
+
+
+def _distinct_values(arr: np.ndarray, slab_voxels: int = 1 << 22) -> np.ndarray:
+    """Sorted distinct values, computed slab by slab so temporaries stay small.
+
+    (``np.bincount`` or ``np.unique`` on the whole volume would make an int64 or sorted copy of
+    it: 800 MB for a 100-million-voxel mask.) Stops early once more than a few values are seen.
+    """
+    flat = arr.reshape(-1)
+    seen: set[Any] = set()
+    for start in range(0, flat.size, slab_voxels):
+        chunk = flat[start:start + slab_voxels]
+        if arr.dtype == np.uint8:
+            counts = np.bincount(chunk, minlength=256)
+            seen.update(int(v) for v in np.flatnonzero(counts))
+        else:
+            seen.update(np.unique(chunk).tolist())
+        if len(seen) > 16:
+            break
+    return np.array(sorted(seen))
 
 
 def _fmt_value(v: Any) -> str:
