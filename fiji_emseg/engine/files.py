@@ -29,6 +29,21 @@ __all__ = [
 ]
 
 
+def _default_file_mode() -> int:
+    """Permissions a normally created file gets (0o666 minus the umask); mkstemp uses 0o600."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o644
+
+
+_FILE_MODE = _default_file_mode()
+
+
 def describe_os_error(exc: OSError, path: Path) -> str:
     """One line that names the problem with *path* and the fix."""
     if exc.errno == errno.ENOSPC:
@@ -62,6 +77,8 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterat
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=parent)
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, _FILE_MODE)
         os.close(fd)
     except OSError as exc:
         raise OutputError(describe_os_error(exc, path)) from exc

@@ -8,7 +8,9 @@ so a stack saved here opens in Fiji with the right voxel size. Volumes can be op
 
 from __future__ import annotations
 
+import math
 import queue
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import InputDataError, OutputError
+from ..errors import EmsegError, InputDataError, OutputError
 from .files import atomic_path, check_writable
 
 __all__ = [
@@ -107,12 +109,17 @@ class LazyVolume:
         return self.shape[0]
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        if not isinstance(key, tuple):
-            key = (key,)
-        key = key + (slice(None),) * (3 - len(key))
+        key = _expand_key(key)
         it = iter(key)
         full = tuple(next(it) if ax in ("z", "y", "x") else ax for ax in self._index)
-        return np.asarray(self._array[full])
+        try:
+            return np.asarray(self._array[full])
+        except (IndexError, TypeError, MemoryError, EmsegError):
+            raise
+        except Exception as exc:  # codecs and tifffile raise many types for damaged data
+            raise InputDataError(
+                f"cannot read {self.source}: the file is damaged or truncated ({exc}); "
+                "copy it again or re-save it from Fiji") from exc
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[:]
@@ -133,6 +140,21 @@ class LazyVolume:
         return f"LazyVolume({self.source!r}, shape={self.shape}, dtype={self.dtype})"
 
 
+def _expand_key(key: Any) -> tuple[Any, ...]:
+    """A numpy-style index for a 3D volume as exactly three entries (``...`` expanded)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    n_ellipsis = sum(k is Ellipsis for k in key)
+    if n_ellipsis > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    if n_ellipsis:
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (4 - len(key)) + key[i + 1:]
+    if len(key) > 3:
+        raise IndexError(f"too many indices for a (Z, Y, X) volume: {len(key)} were given")
+    return key + (slice(None),) * (3 - len(key))
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -143,6 +165,17 @@ def _axes_to_zyx_index(axes: str, shape: Sequence[int], path: Path) -> tuple[Any
         raise InputDataError(
             f"{path.name} is an RGB/colour image ({sizes['S']} samples per pixel); "
             "convert it to grayscale first (Fiji: Image > Type > 8-bit)")
+    others = [a for a in axes if a not in "YXSC" and sizes[a] > 1]
+    if sizes.get("C", 1) > 1 and not others:
+        # tifffile and some tools label a plain stack as channels; EM stacks are single-channel
+        import warnings
+
+        from ..errors import EmsegWarning
+
+        warnings.warn(f"{path.name}: its metadata says {sizes['C']} channels and no slices; reading them as "
+                      f"{sizes['C']} slices (if they really are channels, split them first)", EmsegWarning, stacklevel=4)
+        axes = axes.replace("C", "Z") if "Z" not in axes else axes.replace("Z", "_").replace("C", "Z")
+        sizes = dict(zip(axes, shape, strict=True))
     if sizes.get("C", 1) > 1:
         raise InputDataError(
             f"{path.name} has {sizes['C']} channels; split them (Fiji: Image > Color > Split Channels) "
@@ -193,12 +226,30 @@ def _tiff_calibration(tif: Any) -> Calibration:
             unit = "pixel"
     x = x if x and np.isfinite(x) and x > 0 else 1.0
     y = y if y and np.isfinite(y) and y > 0 else x
-    if unit in ("\\u00B5m", "µm", "um"):
-        unit = "micron"
+    unit = _decode_unit(unit)
     try:
         return Calibration((z if z > 0 else 1.0, y, x), unit)
     except InputDataError:
         return Calibration()
+
+
+_MICRON_SPELLINGS = ("\\u00B5m", "\\u00b5m", "\\u03BCm", "\\u03bcm", "\u00b5m", "\u03bcm", "um")
+
+
+def _decode_unit(unit: str) -> str:
+    """ImageJ's unit string as text: micrometre spellings become 'micron', ``\\uXXXX`` escapes are decoded."""
+    if unit in _MICRON_SPELLINGS:
+        return "micron"
+    if "\\u" in unit:
+        unit = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), unit)
+    return unit
+
+
+def _encode_unit(unit: str) -> str:
+    """A unit string that fits the ASCII-only TIFF description, spelled the way ImageJ reads it."""
+    if unit in _MICRON_SPELLINGS:
+        return "micron"
+    return "".join(c if ord(c) < 128 else f"\\u{ord(c):04x}" for c in unit)
 
 
 def _open_tiff(path: Path) -> LazyVolume:
@@ -211,11 +262,15 @@ def _open_tiff(path: Path) -> LazyVolume:
         raise InputDataError(f"cannot read {path}: not a valid TIFF file ({exc}); re-save it from Fiji") from exc
     try:
         series = tif.series[0]
+        _check_complete(tif, series.axes, series.shape, path)
         index = _axes_to_zyx_index(series.axes, series.shape, path)
         store = series.aszarr()
-        arr = zarr.open(store, mode="r")
-        if isinstance(arr, zarr.Group):  # pyramidal files: take full resolution
-            arr = arr["0"]
+        node = zarr.open(store, mode="r")
+        if isinstance(node, zarr.Group):  # pyramidal files: take full resolution
+            node = node["0"]
+        arr: ArrayLike3D = node  # type: ignore[assignment]
+        if "z" not in index:  # a single plane: present it as a one-slice stack
+            arr, index = _Add0(arr), ("z", *index)
         cal = _tiff_calibration(tif)
     except InputDataError:
         tif.close()
@@ -226,11 +281,30 @@ def _open_tiff(path: Path) -> LazyVolume:
     return LazyVolume(arr, index, cal, str(path), closer=tif)
 
 
+def _check_complete(tif: Any, axes: str, shape: Sequence[int], path: Path) -> None:
+    """Refuse a truncated ImageJ file instead of silently reading only its first plane.
+
+    When pages are missing, tifffile falls back from the ImageJ series to whatever pages it can
+    reach (often just the first), so the header's image count is the only sign of the damage.
+    """
+    ij = tif.imagej_metadata or {}
+    try:
+        expected = int(ij.get("images", 1) or 1)
+    except (TypeError, ValueError):
+        return
+    planes = math.prod(int(n) for a, n in zip(axes, shape, strict=True) if a not in "YXS")
+    if expected > planes:
+        raise InputDataError(
+            f"cannot read {path}: its ImageJ header announces {expected} images but only {planes} can be read, "
+            "so the file is truncated or damaged; copy it again or re-save it from Fiji")
+
+
 def _open_npy(path: Path) -> LazyVolume:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:
-        raise InputDataError(f"cannot read {path}: not a valid .npy file ({exc})") from exc
+        raise InputDataError(
+            f"cannot read {path}: not a valid .npy file ({exc}); save it again with numpy.save") from exc
     return _wrap_array(arr, str(path))
 
 
@@ -238,18 +312,25 @@ def _open_zarr(path: Path) -> LazyVolume:
     import zarr
 
     try:
-        arr = zarr.open(str(path), mode="r")
+        node = zarr.open(str(path), mode="r")
     except Exception as exc:
-        raise InputDataError(f"cannot read {path}: not a valid zarr array ({exc})") from exc
-    if isinstance(arr, zarr.Group):
-        keys = list(arr.array_keys())
+        raise InputDataError(
+            f"cannot read {path}: not a valid zarr array ({exc}); check the path or re-save it") from exc
+    if isinstance(node, zarr.Group):
+        keys = sorted(node.array_keys())
         if len(keys) != 1:
             raise InputDataError(f"{path} is a zarr group with arrays {keys}; give the path of one array")
-        arr = arr[keys[0]]
+        node = node[keys[0]]
+    arr: Any = node
     cal = Calibration()
     vs = arr.attrs.get("voxel_size")
-    if vs is not None:
-        cal = Calibration(tuple(vs), str(arr.attrs.get("unit", "pixel")))
+    if isinstance(vs, (list, tuple)):
+        try:
+            voxel = tuple(float(v) for v in vs)
+            cal = Calibration(voxel, str(arr.attrs.get("unit", "pixel")))  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise InputDataError(
+                f"{path}: voxel_size attribute {vs!r} is not three numbers (z, y, x); fix or remove it") from exc
     return _wrap_array(arr, str(path), cal)
 
 
@@ -300,7 +381,7 @@ def open_volume(source: str | Path | np.ndarray | ArrayLike3D, calibration: Cali
         vol = _open_tiff(path)
     elif suffix == ".npy":
         vol = _open_npy(path)
-    elif suffix == ".zarr" or (path.is_dir() and (path / ".zarray").exists() or (path / "zarr.json").exists()):
+    elif suffix == ".zarr" or (path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zarray", ".zgroup"))):
         vol = _open_zarr(path)
     elif path.is_dir():
         raise InputDataError(f"{path} is a folder; give a TIFF, .npy or .zarr volume")
@@ -308,7 +389,11 @@ def open_volume(source: str | Path | np.ndarray | ArrayLike3D, calibration: Cali
         raise InputDataError(f"{path.name}: unsupported file type {suffix!r}; use TIFF (.tif), .npy or .zarr")
     if calibration is not None:
         vol.calibration = calibration
-    _check_pixel_type(vol.dtype, path)
+    try:
+        _check_pixel_type(vol.dtype, path)
+    except InputDataError:
+        vol.close()
+        raise
     return vol
 
 
@@ -348,7 +433,7 @@ def _tiff_kwargs(calibration: Calibration | None) -> dict[str, Any]:
     z, y, x = cal.voxel_size
     return {
         "resolution": (1.0 / x, 1.0 / y),
-        "metadata": {"spacing": z, "unit": cal.unit, "axes": "ZYX"},
+        "metadata": {"spacing": z, "unit": _encode_unit(cal.unit), "axes": "ZYX"},
     }
 
 
@@ -481,10 +566,12 @@ class StackWriter:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._queue.put_nowait(_DONE)
-        except queue.Full:
-            pass
+        while self._thread.is_alive():  # a full queue is drained by the writer (or its error loop)
+            try:
+                self._queue.put(_DONE, timeout=0.1)
+                break
+            except queue.Full:
+                continue
         self._thread.join(timeout=5)
         err = RuntimeError("aborted")
         try:

@@ -1,0 +1,105 @@
+"""``emseg predict``: tiled, streaming prediction of whole stacks (one or thousands)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import TqdmProgress, add_progress_flags, collect_inputs, parse_class_values
+
+HELP = "predict whole stacks with a trained model"
+DESCRIPTION = """\
+Predict every input stack with MODEL (a model folder from 'emseg train', or an exported .onnx
+file) and write, per input, ImageJ TIFF stacks with the voxel size into OUTPUT_DIR:
+<name>_<class>_mask.tif (0/255), and on request <name>_<class>_prob.tif and <name>_labels.tif.
+Stacks are read and written slice by slice, so memory does not grow with the number of slices.
+Tiles overlap by twice the model's measured receptive-field radius by default, which makes the
+tiled result equal to predicting each slice in one piece.
+
+examples:
+  emseg predict mito_model stack.tif -o predictions/
+  emseg predict model folder_of_stacks/ -o out/ --outputs masks probabilities --threshold mito=0.4 er=0.6
+  emseg predict model big.tif -o out/ --device cuda --backend torch --tta --min-size 200 --fill-holes 50
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("predict", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help="model folder or .onnx file")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="stacks (TIFF, .npy, .zarr) or folders of TIFF stacks")
+    p.add_argument("-o", "--output-dir", required=True, help="folder for the results (created if needed)")
+    o = p.add_argument_group("outputs")
+    o.add_argument("--outputs", nargs="+", choices=("masks", "probabilities", "labels"), default=["masks"],
+                   help="what to write (default masks); labels = argmax label map")
+    o.add_argument("--threshold", nargs="+", metavar="T",
+                   help="mask threshold: one value, one per class, or CLASS=T pairs (default 0.5; softmax models use argmax)")
+    o.add_argument("--prob-dtype", choices=("float32", "uint8"), default="float32",
+                   help="probability maps as float32 (default) or uint8 (0-255, 4x smaller)")
+    o.add_argument("--format", choices=("tiff", "zarr"), default="tiff", help="output format (default tiff)")
+    o.add_argument("--compression", choices=("zlib", "lzw", "zstd"), help="TIFF compression (default none)")
+    o.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    c = p.add_argument_group("clean-up of masks (per class)")
+    c.add_argument("--min-size", type=int, default=0, metavar="VOXELS", help="remove objects smaller than this")
+    c.add_argument("--fill-holes", type=int, default=0, metavar="VOXELS", help="fill holes up to this size")
+    c.add_argument("--opening", type=int, default=0, metavar="RADIUS", help="binary opening radius (voxels)")
+    c.add_argument("--closing", type=int, default=0, metavar="RADIUS", help="binary closing radius (voxels)")
+    c.add_argument("--cleanup-2d", action="store_true", help="clean slice by slice instead of in 3D")
+    t = p.add_argument_group("engine")
+    t.add_argument("--backend", choices=("auto", "onnxruntime", "torch"), default="auto",
+                   help="auto: ONNX Runtime CUDA, else PyTorch CUDA, else ONNX Runtime CPU (default auto)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    t.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                   help="auto: reduced precision on GPUs, fp32 on CPU")
+    t.add_argument("--tile", nargs="+", type=int, metavar="N", help="tile size Y X (2D) or Z Y X (3D); default: 1024 (CPU) / 2048 (GPU)")
+    t.add_argument("--overlap", nargs="+", type=int, metavar="N",
+                   help="tile overlap in voxels; default 2 x receptive-field radius (exact)")
+    t.add_argument("--blend", choices=("cosine", "gaussian", "constant"), default="cosine", help="overlap blending (default cosine)")
+    t.add_argument("--batch-size", type=int, help="tiles per network call (default: automatic)")
+    t.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips and rotations")
+    t.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
+    t.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    t.add_argument("--trust-custom-code", action="store_true", help="allow models with custom architectures")
+    add_progress_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.cleanup import CleanupConfig
+    from ..engine.predictor import PredictConfig, Predictor
+
+    inputs = collect_inputs(args.inputs)
+    cleanup = None
+    if args.min_size or args.fill_holes or args.opening or args.closing:
+        cleanup = CleanupConfig(min_object_size=args.min_size, max_hole_size=args.fill_holes,
+                                opening_radius=args.opening, closing_radius=args.closing, per_slice=args.cleanup_2d)
+    overlap = None
+    if args.overlap:
+        overlap = args.overlap[0] if len(args.overlap) == 1 else tuple(args.overlap)
+    config = PredictConfig(
+        backend=args.backend, device=args.device, precision=args.precision,
+        tile=tuple(args.tile) if args.tile else None, overlap=overlap, blend=args.blend, batch_size=args.batch_size,
+        tta=args.tta, compile=args.compile, threads=args.threads, outputs=tuple(args.outputs),
+        probability_dtype=args.prob_dtype, thresholds=parse_class_values(args.threshold, what="threshold"),
+        cleanup=cleanup, storage=args.format, compression=args.compression)
+    out_dir = Path(args.output_dir)
+    with Predictor(args.model, config, trust_custom_code=args.trust_custom_code) as predictor:
+        print(f"model {predictor.model_config.name} ({', '.join(predictor.model_config.classes)}); "
+              f"backend: {predictor.backend.description}", file=sys.stderr)
+        for note in predictor.notes:
+            print(f"note: {note}", file=sys.stderr)
+        total_voxels, total_s = 0, 0.0
+        for i, path in enumerate(inputs, start=1):
+            bar = TqdmProgress(f"[{i}/{len(inputs)}] {path.name}", disable=args.quiet)
+            try:
+                result = predictor.predict(path, out_dir, overwrite=args.overwrite, progress=bar)  # type: ignore[arg-type]
+            finally:
+                bar.close()
+            total_voxels += int(result.shape[0]) * result.shape[1] * result.shape[2]
+            total_s += result.seconds
+            print(result.summary())
+            for (kind, cls), f in result.files.items():
+                print(f"  {kind}{' ' + cls if cls else ''}: {f}")
+        if len(inputs) > 1:
+            print(f"{len(inputs)} stacks, {total_voxels / max(total_s, 1e-9) / 1e6:.2f} M voxels/s overall")
+    return 0
