@@ -61,13 +61,14 @@ class Sample:
                 raise InputDataError(
                     f"{self.name}: mask shape {_zyx(m.shape[1:])} does not match image shape {_zyx(self.image.shape)}; "
                     "masks must have the same number of slices and the same width and height as the image")
-            if m.dtype != np.uint8:
-                m = m.astype(np.uint8)
-            self.masks = m
             if len(self.class_names) != m.shape[0]:
                 raise InputDataError(
                     f"{self.name}: {m.shape[0]} mask volumes but {len(self.class_names)} class names "
                     f"{list(self.class_names)}; give one name per mask")
+            if m.dtype != np.uint8 or (m.size and int(m.max()) > 1):  # keep the 0/1 invariant
+                m = np.stack([as_binary_mask(c, f"{self.name}: mask {n!r}")
+                              for n, c in zip(self.class_names, m, strict=True)])
+            self.masks = m
         if self.annotated is not None:
             a = np.asarray(self.annotated)
             if a.ndim == 2:
@@ -75,7 +76,7 @@ class Sample:
             if a.shape != self.image.shape:
                 raise InputDataError(
                     f"{self.name}: annotated-region shape {_zyx(a.shape)} does not match image shape "
-                    f"{_zyx(self.image.shape)}")
+                    f"{_zyx(self.image.shape)}; give a region mask with the image's slices, width and height")
             self.annotated = a.astype(bool, copy=False)
             if not self.annotated.any():
                 raise InputDataError(f"{self.name}: the annotated region is empty; mark at least one annotated slice or region")
@@ -237,11 +238,12 @@ def parse_slice_ranges(spec: str | Iterable[int] | None, n_slices: int | None = 
         if out and out[0] < 1:
             raise InputDataError(f"slice numbers start at 1 (as in Fiji), got {out[0]} in {spec!r}")
         out = [i - 1 for i in out]
-    if n_slices is not None and out and (out[0] < 0 or out[-1] >= n_slices):
+    if out and (out[0] < 0 or (n_slices is not None and out[-1] >= n_slices)):
         first = 1 if one_based else 0
-        raise InputDataError(
-            f"slice {out[-1] + (1 if one_based else 0)} is outside the stack, which has {n_slices} slices "
-            f"(numbered {first} to {n_slices - 1 + first})")
+        bad = out[0] if out[0] < 0 else out[-1]
+        size = f"which has {n_slices} slices (numbered {first} to {n_slices - 1 + first})" if n_slices is not None \
+            else f"whose slices are numbered from {first}"
+        raise InputDataError(f"slice {bad + first} is outside the stack, {size}; give slices inside it")
     return out
 
 
@@ -315,7 +317,8 @@ def check_min_size(sample: Sample, patch_size: Sequence[int], multiple: Sequence
     for axis, have, need, m in (("Z", z, pz, mult[0]), ("Y", y, py, mult[1]), ("X", x, px, mult[2])):
         if have < need:
             fit = (have // m) * m
-            too_small.append(f"{axis}: {have} < {need} (largest patch that fits: {fit}, a multiple of {m})")
+            too_small.append(f"{axis}: {have} < {need} (largest patch that fits: {fit}, a multiple of {m})" if fit
+                             else f"{axis}: {have} < {need} (no patch fits: the network needs at least {m})")
     if too_small:
         raise InputDataError(
             f"{sample.name}: image {_zyx(sample.shape)} is smaller than the training patch "
