@@ -74,8 +74,12 @@ def build_model(config: ModelConfig, trust_custom_code: bool = True) -> nn.Modul
 
 def check_output_shape(module: nn.Module, config: ModelConfig) -> None:
     """Custom modules must keep the spatial size and emit one channel per output."""
+    def size(m: int, at_least: int) -> int:
+        return max(2 * m, -(-at_least // m) * m)
+
     mz, my, mx = config.spatial_multiple
-    shape = (1, config.in_channels, my * 2, mx * 2) if config.dims == 2 else (1, config.in_channels, mz * 2, my * 2, mx * 2)
+    yx = (size(my, 32), size(mx, 48))  # unequal sizes catch swapped axes
+    shape = (1, config.in_channels, *yx) if config.dims == 2 else (1, config.in_channels, size(mz, 8), *yx)
     was_training = module.training
     module.eval()
     try:

@@ -54,7 +54,7 @@ from .model_store import (
 )
 from .normalization import NormalizationConfig
 from .receptive_field import measure_config_receptive_field
-from .sample import Sample, check_min_size, parse_slice_ranges, validate_dataset
+from .sample import Sample, check_finite, check_min_size, parse_slice_ranges, validate_dataset
 from .sampling import Batch, BatchStream, PatchSampler, TrainingVolume
 from .train_config import TrainConfig
 from .training_log import LOG_NAME, PLOT_NAME, plot_training_curves, write_log_csv
@@ -236,14 +236,15 @@ class _Trainer:
                     "give the same classes in the same order")
         for s in [*train_samples, *(val_samples or [])]:
             check_min_size(s, self._patch3, model_config.spatial_multiple)
+            check_finite(s.image, s.name)
         self.train_samples = list(train_samples)
         self.val_samples = list(val_samples or [])
         self.has_val = bool(self.val_samples) and self.cfg.val_steps > 0
         if not self.has_val:
-            if self.cfg.val_steps > 0 and not self.val_samples:
-                warnings.warn(
-                    "no validation data (give --val-slices or --val-image); keep-best and early stopping "
-                    "will follow the training loss instead", EmsegWarning, stacklevel=3)
+            why = "validation is off (0 validation steps)" if self.cfg.val_steps == 0 else \
+                "no validation data (give --val-slices or --val-image)"
+            warnings.warn(f"{why}; keep-best and early stopping will follow the training loss instead",
+                          EmsegWarning, stacklevel=3)
             self.monitor = "loss"
         else:
             self.monitor = self.cfg.monitor
@@ -624,6 +625,8 @@ def _prepare_model_dir(model_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         if not (model_dir / CONFIG_NAME).is_file():
             raise ModelFileError(f"cannot resume: {model_dir} holds no model (no {CONFIG_NAME}); check the folder")
+        for stale in model_dir.glob(".*.part*"):  # temporary files of a run that was killed mid-write
+            stale.unlink(missing_ok=True)
         return
     if model_dir.exists() and not model_dir.is_dir():
         raise OutputError(f"{model_dir} is a file; give a folder name for the model")

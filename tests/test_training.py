@@ -1,0 +1,382 @@
+"""Training engine: learning, keep-best, resume, interruption, BatchNorm recalibration, every option."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from emseg_testdata import blob_sample, f1
+from safetensors.torch import load_file
+
+import fiji_emseg.engine.trainer as trainer_mod
+from fiji_emseg.engine.augment import AugmentConfig
+from fiji_emseg.engine.callbacks import Callback, EpochReport, StepReport
+from fiji_emseg.engine.model_config import ModelConfig
+from fiji_emseg.engine.model_store import load_model
+from fiji_emseg.engine.predictor import PredictConfig, Predictor
+from fiji_emseg.engine.sample import Sample
+from fiji_emseg.engine.train_config import TrainConfig
+from fiji_emseg.engine.trainer import CHECKPOINT_NAME, train_model
+from fiji_emseg.errors import ConfigError, EmsegWarning, InputDataError, ModelFileError, OutputError
+
+TINY = ModelConfig(classes=("bright",), depth=3, filters=8)
+
+
+def tiny_cfg(**kw: Any) -> TrainConfig:
+    base = dict(epochs=2, steps_per_epoch=8, batch_size=4, patch_size=(32, 32), val_steps=2, seed=3,
+                bn_recalibration_batches=2, val_slices="6-7")
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+class Recorder(Callback):
+    def __init__(self, stop_after_steps: int | None = None) -> None:
+        self.epochs: list[EpochReport] = []
+        self.steps: list[StepReport] = []
+        self.begin: dict[str, Any] = {}
+        self.stop_after = stop_after_steps
+        self.end: Any = None
+
+    def on_train_begin(self, info: dict[str, Any]) -> None:
+        self.begin = info
+
+    def on_step(self, report: StepReport) -> None:
+        self.steps.append(report)
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        self.epochs.append(report)
+
+    def on_train_end(self, result: Any) -> None:
+        self.end = result
+
+    def should_stop(self) -> bool:
+        return self.stop_after is not None and len(self.steps) >= self.stop_after
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "weights.safetensors"))
+
+
+def test_tiny_model_learns_and_writes_everything(tmp_path: Path) -> None:
+    sample = blob_sample((8, 96, 96), seed=0)
+    rec = Recorder()
+    cfg = tiny_cfg(epochs=5, steps_per_epoch=20, patch_size=(48, 48), val_steps=4, learning_rate=3e-3,
+                   bn_recalibration_batches=4)
+    result = train_model([sample], tmp_path / "m", model_config=TINY, config=cfg, callbacks=[rec])
+    assert result.status == "completed" and result.epochs_run == 5
+    best_f1 = result.best_metrics["val_f1"]["bright"]
+    assert best_f1 > 0.9, result.history
+    files = {p.name for p in (tmp_path / "m").iterdir()}
+    assert {"config.json", "weights.safetensors", "checkpoint.pt", "training_log.csv", "training_curves.png"} <= files
+    rows = list(csv.DictReader(open(tmp_path / "m" / "training_log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert {"loss", "val_loss", "val_f1_bright", "lr", "elapsed_s", "best"} <= set(rows[0])
+    assert (tmp_path / "m" / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    info = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert info["training"]["status"] == "completed" and info["training"]["config"]["seed"] == 3
+    assert info["receptive_field"]["radius"] == [0, 22, 22]
+    # callbacks saw every step and epoch with loss, validation F1, lr, elapsed time and ETA
+    assert len(rec.steps) == 100 and len(rec.epochs) == 5
+    last = rec.epochs[-1]
+    assert last.val_loss is not None and "bright" in last.val_f1 and last.lr > 0 and last.eta_s == pytest.approx(0, abs=1e-6)
+    assert rec.epochs[0].eta_s > 0 and rec.epochs[0].elapsed_s > 0
+    # the saved model predicts the held-out slices well through the real predictor
+    with Predictor(tmp_path / "m", PredictConfig(device="cpu")) as p:
+        pred = p.predict(sample.image[6:8])
+    assert f1(pred.masks.values[..., 0], sample.masks[0, 6:8]) > 0.85
+
+
+def test_keep_best_saves_the_best_epoch_not_the_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saved: list[dict[str, torch.Tensor]] = []
+    real_save = trainer_mod.save_weights
+
+    def spy(module: torch.nn.Module, path: Path, overwrite: bool = True) -> Path:
+        saved.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+        return real_save(module, path, overwrite)
+
+    monkeypatch.setattr(trainer_mod, "save_weights", spy)
+    # a constant, far too large learning rate makes validation loss jump around between epochs
+    cfg = tiny_cfg(epochs=6, steps_per_epoch=6, learning_rate=0.3, lr_schedule="constant")
+    rec = Recorder()
+    result = train_model([blob_sample(seed=1)], tmp_path / "m", model_config=TINY, config=cfg, callbacks=[rec])
+    losses = [e.val_loss for e in rec.epochs]
+    best = int(np.argmin(losses)) + 1
+    assert result.best_epoch == best and rec.epochs[best - 1].is_best
+    assert [e.is_best for e in rec.epochs].count(True) == len(saved)  # saved exactly when improving
+    final = _state(tmp_path / "m")
+    for k in final:
+        assert torch.equal(final[k], saved[-1][k]), k
+    if best != len(losses):  # the interesting case: the last epoch was worse, and was NOT saved
+        cp = torch.load(tmp_path / "m" / CHECKPOINT_NAME, weights_only=True)["model"]
+        assert any(not torch.equal(cp[k], final[k]) for k in final)
+
+
+def test_keep_best_off_saves_the_last_epoch(tmp_path: Path) -> None:
+    cfg = tiny_cfg(epochs=3, keep_best=False)
+    train_model([blob_sample()], tmp_path / "m", model_config=TINY, config=cfg)
+    final = _state(tmp_path / "m")
+    last = torch.load(tmp_path / "m" / CHECKPOINT_NAME, weights_only=True)["model"]
+    assert all(torch.equal(final[k], last[k]) for k in final)
+
+
+def test_resume_after_interruption_continues_to_the_same_model(tmp_path: Path) -> None:
+    sample = blob_sample(seed=2)
+    cfg = tiny_cfg(epochs=3, steps_per_epoch=6)
+    full = train_model([sample], tmp_path / "full", model_config=TINY, config=cfg)
+    stopper = Recorder(stop_after_steps=9)  # mid-way through epoch 2
+    part = train_model([sample], tmp_path / "part", model_config=TINY, config=cfg, callbacks=[stopper])
+    assert part.status == "interrupted" and part.epochs_run == 1
+    assert (tmp_path / "part" / "weights.safetensors").exists()
+    state = torch.load(tmp_path / "part" / CHECKPOINT_NAME, weights_only=True)
+    assert state["epoch"] == 1 and state["step_in_epoch"] == 3
+    rec = Recorder()
+    resumed = train_model([sample], tmp_path / "part", resume=True, callbacks=[rec])
+    assert resumed.status == "completed" and resumed.epochs_run == 3
+    assert rec.begin["start_step"] == 9 and len(rec.steps) == 18 - 9
+    assert [round(h["loss"], 5) for h in resumed.history] == [round(h["loss"], 5) for h in full.history]
+    a, b = _state(tmp_path / "full"), _state(tmp_path / "part")
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+def test_resume_can_extend_training_and_needs_a_checkpoint(tmp_path: Path) -> None:
+    sample = blob_sample()
+    train_model([sample], tmp_path / "m", model_config=TINY, config=tiny_cfg(epochs=1))
+    more = train_model([sample], tmp_path / "m", resume=True, epochs=2)
+    assert more.epochs_run == 2 and len(more.history) == 2
+    (tmp_path / "m" / CHECKPOINT_NAME).unlink()
+    with pytest.raises(ModelFileError, match="cannot resume"):
+        train_model([sample], tmp_path / "m", resume=True, epochs=3)
+    with pytest.raises(ModelFileError, match="holds no model"):
+        train_model([sample], tmp_path / "nothing", resume=True)
+
+
+def test_sigint_stops_cleanly_with_a_resumable_checkpoint(tmp_path: Path) -> None:
+    class Interrupt(Callback):
+        def __init__(self) -> None:
+            self.n = 0
+
+        def on_step(self, report: StepReport) -> None:
+            self.n += 1
+            if self.n == 4:
+                os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
+
+    result = train_model([blob_sample()], tmp_path / "m", model_config=TINY, config=tiny_cfg(epochs=3),
+                         callbacks=[Interrupt()])
+    assert result.status == "interrupted"
+    assert torch.load(tmp_path / "m" / CHECKPOINT_NAME, weights_only=True)["step_in_epoch"] == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+@pytest.mark.slow
+def test_kill_leaves_loadable_files_and_resumes(tmp_path: Path) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from emseg_testdata import blob_sample
+        from fiji_emseg.engine.model_config import ModelConfig
+        from fiji_emseg.engine.train_config import TrainConfig
+        from fiji_emseg.engine.trainer import train_model
+        cfg = TrainConfig(epochs=200, steps_per_epoch=5, batch_size=4, patch_size=(32, 32), val_steps=1, seed=0,
+                          bn_recalibration_batches=1, val_slices="6-7", checkpoint_minutes=0.0005)
+        train_model([blob_sample()], {str(tmp_path / 'm')!r}, model_config=ModelConfig(classes=("bright",), depth=2, filters=4), config=cfg)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "m" / "training_log.csv").exists():
+        time.sleep(0.2)
+    time.sleep(1.5)  # let it write a few more checkpoints
+    proc.kill()
+    proc.wait()
+    m = tmp_path / "m"
+    assert (m / "training_log.csv").exists(), proc.stderr.read() if proc.stderr else ""
+    json.loads((m / "config.json").read_text())  # complete JSON
+    load_model(m)  # complete weights
+    torch.load(m / CHECKPOINT_NAME, weights_only=True)  # complete checkpoint
+    resumed = train_model([blob_sample()], m, resume=True, epochs=4)
+    assert resumed.status == "completed"
+    assert not [p for p in m.iterdir() if ".part" in p.name]  # stale temporary files were cleared
+
+
+def test_short_training_does_not_collapse_batchnorm(tmp_path: Path) -> None:
+    """DeepSCEM's defect: after a short training, BatchNorm running statistics lag behind the
+    weights and every eval-mode prediction is empty (F1 0). Here the statistics are re-estimated
+    with the final weights before saving, so a short training predicts well; the control shows
+    that stale statistics (as left by short training) really do destroy the prediction."""
+    sample = blob_sample((8, 96, 96), seed=4)
+    cfg = tiny_cfg(epochs=1, steps_per_epoch=25, learning_rate=1e-2, lr_schedule="constant", val_slices=None,
+                   val_steps=0, patch_size=(48, 48), bn_recalibration_batches=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmsegWarning)
+        train_model([sample], tmp_path / "m", model_config=TINY, config=cfg)
+    loaded = load_model(tmp_path / "m")
+    with Predictor(tmp_path / "m", PredictConfig(device="cpu", backend="torch")) as p:
+        ok = p.predict(sample.image).masks.values[..., 0]
+    assert ok.any(), "prediction collapsed to empty"
+    assert f1(ok, sample.masks[0]) > 0.7
+    # control: the same weights with statistics as they stand early in training (initial values)
+    stale = loaded.module
+    for m in stale.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+    x = torch.from_numpy(((sample.image.astype(np.float32) - 110) / 100)[:, None])
+    with torch.no_grad():
+        bad = (torch.sigmoid(stale.eval()(x)) > 0.5).numpy()[:, 0]
+    assert f1(bad, sample.masks[0]) < f1(ok, sample.masks[0]) - 0.3
+
+
+@pytest.mark.parametrize("loss", ["dice", "weighted_dice", "ce", "dice_ce", "focal", "mse"])
+@pytest.mark.parametrize("output", ["sigmoid", "softmax"])
+def test_every_loss_and_output_mode_trains(tmp_path: Path, loss: str, output: str) -> None:
+    sample = blob_sample((8, 64, 64), classes=2)
+    mc = ModelConfig(classes=sample.class_names, depth=2, filters=4, output=output)  # type: ignore[arg-type]
+    weights = (1.0, 2.0) if loss in ("weighted_dice", "ce", "focal") else None
+    r = train_model([sample], tmp_path / "m", model_config=mc,
+                    config=tiny_cfg(epochs=1, steps_per_epoch=3, loss=loss, class_weights=weights))
+    assert np.isfinite(r.history[0]["loss"]) and set(r.best_metrics["val_f1"]) == {"bright", "dark"}
+
+
+@pytest.mark.parametrize("changes", [
+    {"optimizer": "adamw", "weight_decay": 1e-2},
+    {"lr_schedule": "plateau", "lr_patience": 0, "lr_factor": 0.5},
+    {"lr_schedule": "poly"},
+    {"lr_schedule": "constant", "monitor": "val_f1"},
+    {"augment": AugmentConfig.none()},
+    {"label_focus": 0.0},
+    {"threads": 1, "deterministic": True},
+    {"amp": "bf16"},
+])
+def test_training_options(tmp_path: Path, changes: dict[str, Any]) -> None:
+    rec = Recorder()
+    r = train_model([blob_sample()], tmp_path / "m", model_config=TINY, config=tiny_cfg(epochs=2, **changes),
+                    callbacks=[rec])
+    assert r.status == "completed" and len(r.history) == 2
+    lrs = [e.lr for e in rec.epochs]
+    if changes.get("lr_schedule") == "poly":
+        assert lrs[1] < lrs[0]
+    if changes.get("lr_schedule") == "constant":
+        assert lrs[0] == lrs[1] == 1e-3
+    assert r.files["weights"].exists()
+
+
+def test_norm_layers_and_3d_models_train(tmp_path: Path) -> None:
+    for norm in ("group", "instance", "none"):
+        mc = ModelConfig(classes=("bright",), depth=2, filters=8, norm=norm)  # type: ignore[arg-type]
+        r = train_model([blob_sample()], tmp_path / norm, model_config=mc, config=tiny_cfg(epochs=1, steps_per_epoch=3))
+        assert r.status == "completed"
+    mc3 = ModelConfig(classes=("bright",), dims=3, depth=2, filters=4, z_poolings=1)
+    r3 = train_model([blob_sample((8, 48, 48))], tmp_path / "3d", model_config=mc3,
+                     config=tiny_cfg(epochs=1, steps_per_epoch=3, patch_size=(4, 32, 32), val_slices=None,
+                                     val_steps=0, bn_recalibration_batches=1))
+    assert r3.status == "completed"
+
+
+def test_early_stopping_stops(tmp_path: Path) -> None:
+    # with a zero-ish learning rate nothing improves after the first epoch
+    r = train_model([blob_sample()], tmp_path / "m", model_config=TINY,
+                    config=tiny_cfg(epochs=10, learning_rate=1e-12, lr_schedule="constant", early_stopping=2))
+    assert r.status == "early-stopped" and r.epochs_run < 10
+
+
+def test_seeds_make_runs_reproducible(tmp_path: Path) -> None:
+    cfg = tiny_cfg(epochs=1, steps_per_epoch=4)
+    for name in ("a", "b"):
+        train_model([blob_sample()], tmp_path / name, model_config=TINY, config=cfg)
+    train_model([blob_sample()], tmp_path / "c", model_config=TINY, config=cfg.replace(seed=99))
+    a, b, c = (_state(tmp_path / n) for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    drawn = train_model([blob_sample()], tmp_path / "d", model_config=TINY, config=cfg.replace(seed=None))
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["training"]["config"]["seed"] == drawn.seed
+
+
+def test_validation_samples_are_used_even_with_the_training_name(tmp_path: Path) -> None:
+    """DeepSCEM silently replaced a validation file with the same internal name by the training set."""
+    train = blob_sample(seed=0, name="same")
+    image, masks = train.image.copy(), np.zeros_like(train.masks)  # validation: no foreground at all
+    val = Sample("same", image, masks, train.class_names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmsegWarning)
+        r = train_model([train], tmp_path / "m", model_config=TINY, val_samples=[val],
+                        config=tiny_cfg(epochs=1, val_slices=None))
+    data = json.loads((tmp_path / "m" / "config.json").read_text())["training"]["data"]
+    assert data["validation"][0]["shape"] == [8, 96, 96]
+    # on an all-background validation set F1 is 1 only if nothing is predicted; on training data it is not
+    assert r.best_metrics["val_f1"]["bright"] != pytest.approx(train_model(
+        [train], tmp_path / "n", model_config=TINY, config=tiny_cfg(epochs=1)).best_metrics["val_f1"]["bright"])
+
+
+def test_zero_validation_steps_does_not_crash(tmp_path: Path) -> None:
+    with pytest.warns(EmsegWarning, match="validation is off"):
+        r = train_model([blob_sample()], tmp_path / "m", model_config=TINY,
+                        config=tiny_cfg(epochs=2, val_slices=None, val_steps=0))
+    assert r.status == "completed" and r.best_epoch is not None and r.history[0]["val_loss"] is None
+
+
+def test_fine_tuning_reuses_weights_and_replaces_the_head(tmp_path: Path) -> None:
+    base = train_model([blob_sample()], tmp_path / "base", model_config=TINY, config=tiny_cfg(epochs=2))
+    rec_ft, rec_scratch = Recorder(), Recorder()
+    cfg = tiny_cfg(epochs=1, steps_per_epoch=2, learning_rate=1e-6, lr_schedule="constant")
+    train_model([blob_sample(seed=5)], tmp_path / "ft", init_from=base.model_dir, config=cfg, callbacks=[rec_ft])
+    train_model([blob_sample(seed=5)], tmp_path / "scratch", model_config=TINY, config=cfg, callbacks=[rec_scratch])
+    assert rec_ft.steps[0].loss < rec_scratch.steps[0].loss - 0.1  # starts from the trained weights
+    two = blob_sample(seed=5, classes=2)
+    with pytest.warns(EmsegWarning, match="output layer was re-initialised"):
+        r = train_model([two], tmp_path / "ft2", init_from=base.model_dir, config=cfg)
+    assert load_model(r.model_dir).config.classes == ("bright", "dark")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"config": tiny_cfg(patch_size=(30, 30))}, ConfigError, r"multiple of \(4, 4\).*--patch-size 28 28"),
+    ({"config": tiny_cfg(patch_size=(128, 128))}, InputDataError, "smaller than the training patch.*largest patch that fits: 96"),
+    ({"config": tiny_cfg(patch_size=(4, 32, 32))}, ConfigError, "2D model needs a \\(y, x\\) patch"),
+    ({"model_config": ModelConfig(classes=("other",), depth=3, filters=8)}, InputDataError, "model is for"),
+    ({"config": tiny_cfg(val_slices="40-50")}, InputDataError, "outside the stack"),
+])
+def test_bad_training_inputs(tmp_path: Path, kwargs: dict[str, Any], error: type, message: str) -> None:
+    kwargs.setdefault("model_config", TINY)
+    kwargs.setdefault("config", tiny_cfg())
+    with pytest.raises(error, match=message):
+        train_model([blob_sample()], tmp_path / "m", **kwargs)
+
+
+def test_sample_level_errors(tmp_path: Path) -> None:
+    a, b = blob_sample(), blob_sample(classes=2)
+    with pytest.raises(InputDataError, match="different class counts"):
+        train_model([a, b], tmp_path / "m", model_config=TINY, config=tiny_cfg())
+    empty = Sample("empty", a.image, np.zeros_like(a.masks), a.class_names)
+    with pytest.warns(EmsegWarning, match="empty in every training sample"), \
+            pytest.raises(InputDataError, match="every class is empty"):
+        train_model([empty], tmp_path / "m2", model_config=TINY, config=tiny_cfg())
+
+
+def test_existing_model_is_not_overwritten_without_asking(tmp_path: Path) -> None:
+    train_model([blob_sample()], tmp_path / "m", model_config=TINY, config=tiny_cfg(epochs=1))
+    before = (tmp_path / "m" / "weights.safetensors").read_bytes()
+    with pytest.raises(OutputError, match="already holds a model.*--overwrite"):
+        train_model([blob_sample()], tmp_path / "m", model_config=TINY, config=tiny_cfg(epochs=1))
+    assert (tmp_path / "m" / "weights.safetensors").read_bytes() == before
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    train_model([blob_sample()], tmp_path / "m", model_config=TINY, config=tiny_cfg(epochs=1, seed=8), overwrite=True)
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine"  # only our own files are replaced
+    assert (tmp_path / "m" / "weights.safetensors").read_bytes() != before
+
+
+def test_non_finite_images_are_refused(tmp_path: Path) -> None:
+    s = blob_sample()
+    image = s.image.astype(np.float32)
+    image[3, 10, 10] = np.inf
+    with pytest.raises(InputDataError, match="NaN or infinite.*slice 3"):
+        train_model([Sample("bad", image, s.masks, s.class_names)], tmp_path / "m", model_config=TINY, config=tiny_cfg())
