@@ -58,7 +58,9 @@ def random_model_dir(folder: Path, config: ModelConfig, seed: int = 0) -> Path:
             m.running_var.uniform_(0.5, 2.0, generator=gen)
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(net, folder / "weights.safetensors")
-    write_model_info(folder, ModelInfo(config))
+    info = ModelInfo(config)
+    info.ensure_receptive_field()  # as a trained model folder has it
+    write_model_info(folder, info)
     return folder
 
 

@@ -163,6 +163,8 @@ def _resolve_source(model: str | Path, need_onnx: bool, trust_custom_code: bool)
         cand = p / ONNX_NAME
         if cand.is_file() and _onnx_matches(cand, p / WEIGHTS_NAME):
             onnx_path = cand
+            if info.receptive_field is None:  # measured at export time; no need to measure again
+                info.receptive_field = read_onnx_metadata(cand).info.receptive_field
         else:  # export on the fly into a temporary folder; the model folder is left untouched
             from ..export.onnx_export import export_onnx
 
