@@ -70,7 +70,7 @@ class TrainRequest:
             keep_best=not a.no_keep_best, monitor=a.monitor, early_stopping=a.early_stopping,
             label_focus=a.label_focus, augment=augment, seed=a.seed, device=a.device, amp=a.amp,
             threads=a.threads, deterministic=a.deterministic, bn_recalibration_batches=a.bn_recalibration,
-            checkpoint_minutes=a.checkpoint_minutes)
+            checkpoint_minutes=a.checkpoint_minutes, time_limit_minutes=a.time_limit)
         norm = None
         if a.normalization != "percentile" or a.norm_low is not None or a.norm_high is not None:
             kw: dict[str, Any] = {"method": a.normalization}

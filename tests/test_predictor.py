@@ -138,8 +138,7 @@ def test_softmax_labels_and_in_memory_xarray(models: dict[str, Path]) -> None:
     vol = _vol((3, 50, 60))
     cal = Calibration((2.0, 0.5, 0.5), "nm")
     res = predict(models["softmax"], vol, config=PredictConfig(device="cpu", outputs=("probabilities", "masks", "labels")),
-                  calibration=cal) if False else Predictor(models["softmax"], PredictConfig(
-                      device="cpu", outputs=("probabilities", "masks", "labels"))).predict(vol, calibration=cal)
+                  calibration=cal)
     probs = whole_image(models["softmax"], vol)
     labels = res.labels
     assert labels.dims == ("z", "y", "x") and np.array_equal(labels.values, probs.argmax(0))

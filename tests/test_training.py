@@ -283,6 +283,16 @@ def test_norm_layers_and_3d_models_train(tmp_path: Path) -> None:
     assert r3.status == "completed"
 
 
+def test_time_limit_stops_and_anneals_the_learning_rate(tmp_path: Path) -> None:
+    rec = Recorder()
+    cfg = tiny_cfg(epochs=1000, steps_per_epoch=5, time_limit_minutes=0.05, lr_schedule="cosine")
+    t0 = time.monotonic()
+    r = train_model([blob_sample()], tmp_path / "m", model_config=TINY, config=cfg, callbacks=[rec])
+    assert r.status == "time-limit" and time.monotonic() - t0 < 60
+    assert 1 <= r.epochs_run < 1000 and r.files["weights"].exists()
+    assert rec.steps[-1].lr < 0.2 * rec.steps[0].lr  # cosine over the 3-second budget, not over 5000 steps
+
+
 def test_early_stopping_stops(tmp_path: Path) -> None:
     # with a zero-ish learning rate nothing improves after the first epoch
     r = train_model([blob_sample()], tmp_path / "m", model_config=TINY,

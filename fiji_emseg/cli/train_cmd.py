@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any
 
 from .common import add_progress_flags
 
@@ -23,10 +21,6 @@ examples:
   emseg train model --dataset deepscem_train.h5 --val-dataset deepscem_val.h5
   emseg train model --resume            # continue an interrupted run
 """
-
-
-def _int_list(n: int) -> Any:
-    return {"nargs": "+", "type": int}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -86,6 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--monitor", choices=("val_loss", "val_f1"), default="val_loss", help="what 'best' means (default val_loss)")
     t.add_argument("--early-stopping", type=int, default=0, metavar="EPOCHS",
                    help="stop after this many epochs without improvement (default 0 = never)")
+    t.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop after this many minutes; the LR schedule anneals over the budget (default: none)")
     t.add_argument("--label-focus", type=float, default=0.8,
                    help="fraction of patches centred on a labelled voxel of a random class (default 0.8)")
     a = p.add_argument_group("augmentation")
@@ -131,6 +127,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"exported {exported}")
     return 0 if result.status != "interrupted" else 130
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(1)

@@ -513,7 +513,8 @@ def _axis_sum(axis: Any) -> np.ndarray:
 
 def predict(model: str | Path, image: str | Path | ArrayLike3D, output_dir: str | Path | None = None, *,
             config: PredictConfig | None = None, name: str | None = None, overwrite: bool = False,
-            progress: Callback | None = None, trust_custom_code: bool = False, **options: Any) -> PredictionResult:
+            calibration: Calibration | None = None, progress: Callback | None = None,
+            trust_custom_code: bool = False, **options: Any) -> PredictionResult:
     """One-call prediction: ``predict("model/", "stack.tif", "out/")``; keyword options override ``config``."""
     cfg = config or PredictConfig()
     if options:
@@ -522,4 +523,5 @@ def predict(model: str | Path, image: str | Path | ArrayLike3D, output_dir: str 
         except TypeError as exc:
             raise ConfigError(f"unknown prediction option: {exc}") from exc
     with Predictor(model, cfg, trust_custom_code=trust_custom_code) as predictor:
-        return predictor.predict(image, output_dir, name=name, overwrite=overwrite, progress=progress)
+        return predictor.predict(image, output_dir, name=name, calibration=calibration, overwrite=overwrite,
+                                 progress=progress)

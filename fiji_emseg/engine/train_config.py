@@ -60,6 +60,9 @@ class TrainConfig:
     channels_last: bool | None = None
     #: Training batches used to re-estimate BatchNorm statistics before each validation.
     bn_recalibration_batches: int = 16
+    #: Stop after this many minutes of training (the last, partial epoch is validated and kept);
+    #: cosine/poly schedules then anneal over the time budget. None = no limit.
+    time_limit_minutes: float | None = None
     #: Minutes between mid-epoch checkpoints (a kill loses at most this much work).
     checkpoint_minutes: float = 10.0
     #: CPU threads for torch (None: torch's default, all cores).
@@ -98,6 +101,8 @@ class TrainConfig:
             raise ConfigError(f"label focus must be a fraction between 0 and 1 (e.g. 0.8), got {self.label_focus}")
         if self.bn_recalibration_batches < 0:
             raise ConfigError("bn_recalibration_batches must be 0 (off) or more")
+        if self.time_limit_minutes is not None and self.time_limit_minutes <= 0:
+            raise ConfigError(f"time limit must be positive minutes, got {self.time_limit_minutes}")
         if self.checkpoint_minutes <= 0:
             raise ConfigError("checkpoint_minutes must be positive")
 

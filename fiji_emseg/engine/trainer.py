@@ -70,7 +70,7 @@ class TrainResult:
     """What a training run produced and how it ended."""
 
     model_dir: Path
-    status: str  # "completed", "early-stopped", "interrupted"
+    status: str  # "completed", "early-stopped", "time-limit", "interrupted"
     epochs_run: int
     best_epoch: int | None
     best_metrics: dict[str, Any]
@@ -187,13 +187,23 @@ def _to_device(batch: Batch, choice: DeviceChoice, dims: int) -> tuple[torch.Ten
     return x, y, v
 
 
-def _lr_lambda(config: TrainConfig) -> Any:
+def _lr_lambda(config: TrainConfig, elapsed: Any) -> Any:
+    """LR factor from training progress: the larger of the step fraction and the time fraction.
+
+    (A plain function, not an object, so the scheduler's state_dict does not try to save it.)
+    """
     total = max(1, config.total_steps)
     floor = min(config.min_lr / config.learning_rate, 1.0)
+    limit = config.time_limit_minutes * 60 if config.time_limit_minutes else None
+
+    def progress(step: int) -> float:
+        p = min(step, total) / total
+        return min(1.0, max(p, elapsed() / limit)) if limit else p
+
     if config.lr_schedule == "cosine":
-        return lambda step: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        return lambda step: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress(step)))
     if config.lr_schedule == "poly":
-        return lambda step: max(floor, (1 - min(step, total) / total) ** config.poly_power)
+        return lambda step: max(floor, (1 - progress(step)) ** config.poly_power)
     return lambda step: 1.0
 
 
@@ -273,7 +283,7 @@ class _Trainer:
                 self.opt, mode="min" if self.monitor != "val_f1" else "max", factor=self.cfg.lr_factor,
                 patience=self.cfg.lr_patience, min_lr=self.cfg.min_lr)
         else:
-            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.cfg))
+            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.cfg, self.elapsed))
         self.scaler = torch.amp.GradScaler("cuda") if self.choice.uses_scaler else None
 
         self.train_volumes = [TrainingVolume.prepare(s, normalization, model_config.output) for s in self.train_samples]
@@ -299,6 +309,11 @@ class _Trainer:
         self.bad_epochs = 0
         self.elapsed_before = 0.0
         self.rng_state: dict[str, Any] = np.random.default_rng([self.seed, 0]).bit_generator.state
+
+    def elapsed(self) -> float:
+        """Training seconds so far, across resumptions."""
+        t0 = getattr(self, "t0", None)  # the scheduler asks before training starts
+        return getattr(self, "elapsed_before", 0.0) + (time.monotonic() - t0 if t0 is not None else 0.0)
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -360,7 +375,7 @@ class _Trainer:
             "best_epoch": self.best_epoch,
             "best_metrics": self.best_metrics,
             "bad_epochs": self.bad_epochs,
-            "elapsed": self.elapsed_before + (time.monotonic() - self.t0),
+            "elapsed": self.elapsed(),
             "sampler_rng": rng_state,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.choice.device.type == "cuda" else [],
@@ -497,7 +512,9 @@ class _Trainer:
         stream = BatchStream(self.sampler, cfg.batch_size, rng)
         try:
             with stop:
+                limit = cfg.time_limit_minutes * 60 if cfg.time_limit_minutes else None
                 while self.epoch < cfg.epochs:
+                    out_of_time = False
                     while self.step_in_epoch < steps:
                         if stop.requested or self.cb.should_stop():
                             raise _Stop(stop.reason or "cancelled")
@@ -505,13 +522,20 @@ class _Trainer:
                         self.step_in_epoch += 1
                         self.epoch_loss_sum += loss
                         done = self.epoch * steps + self.step_in_epoch
-                        elapsed = self.elapsed_before + time.monotonic() - self.t0
+                        elapsed = self.elapsed()
                         rate = elapsed / max(1, done - start_step) if done > start_step else 0.0
                         self.cb.on_step(StepReport(self.epoch + 1, cfg.epochs, self.step_in_epoch, steps, loss,
                                                    self._lr(), elapsed, rate * (total - done)))
                         if time.monotonic() - self.last_checkpoint > cfg.checkpoint_minutes * 60:
                             self.save_checkpoint(stream.resume_state)
+                        if limit is not None and self.elapsed() >= limit:
+                            out_of_time = True
+                            break
                     stop_early = self._end_epoch(stream.resume_state, start_step)
+                    if out_of_time:
+                        status = "time-limit"
+                        self.cb.on_message(f"time limit of {cfg.time_limit_minutes:g} minutes reached")
+                        break
                     if stop_early:
                         status = "early-stopped"
                         break
@@ -550,7 +574,7 @@ class _Trainer:
     def _end_epoch(self, rng_state: dict[str, Any], start_step: int) -> bool:
         cfg = self.cfg
         lr = self._lr()
-        train_loss = self.epoch_loss_sum / max(1, cfg.steps_per_epoch)
+        train_loss = self.epoch_loss_sum / max(1, self.step_in_epoch)  # partial when the time ran out
         val_loss, val_f1 = self.validate()
         self.epoch += 1
         self.step_in_epoch = 0
@@ -571,7 +595,7 @@ class _Trainer:
             save_weights(self.model, self.model_dir / WEIGHTS_NAME)
         if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.sched.step(value)
-        elapsed = self.elapsed_before + time.monotonic() - self.t0
+        elapsed = self.elapsed()
         done_steps = self.epoch * cfg.steps_per_epoch
         per_step = elapsed / max(1, done_steps - start_step) if done_steps > start_step else 0.0
         eta = per_step * (cfg.total_steps - done_steps)
@@ -600,7 +624,7 @@ class _Trainer:
             recalibrate_batchnorm(self.model, self._bn_batches(), self.choice)
             save_weights(self.model, weights)
         rf = measure_config_receptive_field(self.mc) if self.mc.architecture == "unet" else None
-        elapsed = self.elapsed_before + time.monotonic() - self.t0
+        elapsed = self.elapsed()
         info = self._info(status, {"duration_s": round(elapsed, 1)})
         info.receptive_field = rf
         write_model_info(self.model_dir, info)

@@ -1,0 +1,139 @@
+"""Accuracy on real ssTEM data: train on vnc_sstem slices 0-11, validate on 12-15, test on 16-19.
+
+One single-class model per class, trained within a wall-clock budget through the real engine
+(``TrainConfig.time_limit_minutes``: the cosine schedule anneals over the budget and the best
+validation epoch is kept), then the test slices are predicted with the exact tiled ONNX engine
+and scored with ``fiji_emseg.engine.evaluation.evaluate`` (F1 and IoU over the test volume).
+
+Reference (DeepSCEM trained on this same split on these CPUs, FIELD_NOTES / issue 2):
+mitochondria F1 0.894 (IoU 0.808) after 42 minutes; membrane F1 0.816 (IoU 0.689) after 20 minutes.
+Targets: CPU, mito F1 >= 0.90 within 30 minutes and membrane F1 >= 0.83 within 20 minutes;
+GPU with the default schedule (64 x 256 steps, default model), mito >= 0.93, membrane >= 0.86.
+
+Presets:
+- ``cpu`` (default without a GPU): a 16-filter depth-5 residual U-Net (about 4x fewer operations
+  per step than the default model, so about 4x more steps fit in the budget), 256x256 patches,
+  batch 8, Adam 2e-3 with cosine annealing over the budget.
+- ``default`` (default with a GPU): DeepSCEM's published model and schedule (64 epochs x 256
+  steps, batch 8, Adam 1e-3), with our cosine schedule and keep-best.
+
+    python benchmarks/accuracy_vnc.py [--classes mito membrane] [--preset cpu|default]
+                                      [--minutes mito=30 membrane=20] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATA = ROOT.parent / "shared" / "data" / "vnc_sstem"
+REFERENCE = {"mito": (0.894, 0.808, 42), "membrane": (0.816, 0.689, 20)}
+CPU_TARGET = {"mito": (0.90, 30), "membrane": (0.83, 20)}
+GPU_TARGET = {"mito": 0.93, "membrane": 0.86}
+TRAIN, VAL, TEST = slice(0, 12), slice(12, 16), slice(16, 20)
+
+
+def _parse_minutes(values: list[str] | None) -> dict[str, float]:
+    out = {c: float(m) for c, (_, m) in CPU_TARGET.items()}
+    for v in values or []:
+        cls, _, minutes = v.partition("=")
+        out[cls] = float(minutes)
+    return out
+
+
+def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir: Path, seed: int,
+              quiet: bool) -> dict[str, object]:
+    from fiji_emseg.engine.callbacks import TqdmTrainingCallback
+    from fiji_emseg.engine.evaluation import evaluate
+    from fiji_emseg.engine.model_config import ModelConfig
+    from fiji_emseg.engine.predictor import PredictConfig, predict
+    from fiji_emseg.engine.sample import Sample, as_binary_mask
+    from fiji_emseg.engine.train_config import TrainConfig
+    from fiji_emseg.engine.trainer import train_model
+    from fiji_emseg.engine.volume_io import read_volume
+    from fiji_emseg.export.onnx_export import export_onnx
+
+    image, cal = read_volume(DATA / "image.tif")
+    mask = as_binary_mask(read_volume(DATA / f"{cls}.tif")[0], f"{cls}.tif")
+    train = Sample(f"vnc train 0-11", image[TRAIN], mask[None, TRAIN], (cls,), cal)
+    val = Sample(f"vnc validation 12-15", image[VAL], mask[None, VAL], (cls,), cal)
+    if preset == "cpu":
+        model = ModelConfig(classes=(cls,), filters=16)
+        cfg = TrainConfig(epochs=1000, steps_per_epoch=100, batch_size=8, patch_size=(256, 256), learning_rate=2e-3,
+                          lr_schedule="cosine", val_steps=8, seed=seed, device=device, time_limit_minutes=minutes)
+    else:
+        model = ModelConfig(classes=(cls,))
+        cfg = TrainConfig(seed=seed, device=device, time_limit_minutes=minutes)
+    model_dir = workdir / f"model_{cls}"
+    t0 = time.monotonic()
+    result = train_model([train], model_dir, model_config=model, config=cfg, val_samples=[val],
+                         callbacks=[TqdmTrainingCallback(disable=quiet)])
+    train_min = (time.monotonic() - t0) / 60
+    export_onnx(model_dir)
+    pred = predict(model_dir, image[TEST], workdir / f"pred_{cls}", config=PredictConfig(), name="test", calibration=cal)
+    report = evaluate(mask[TEST], workdir / f"pred_{cls}" / f"test_{cls}_mask.tif", class_names=[cls], objects=False)
+    row = report.summary.iloc[0]
+    return {"class": cls, "f1": float(row["f1"]), "iou": float(row["iou"]),
+            "f1_slice_mean": float(row["f1_slice_mean"]), "f1_slice_std": float(row["f1_slice_std"]),
+            "train_minutes": round(train_min, 2), "epochs": result.epochs_run, "best_epoch": result.best_epoch,
+            "status": result.status, "device": result.device, "model": model.name,
+            "predict_voxels_per_s": pred.voxels_per_second, "preset": preset}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--classes", nargs="+", default=["mito", "membrane"], choices=["mito", "membrane", "synapse",
+                                                                                        "glia_extracellular"])
+    parser.add_argument("--preset", choices=("auto", "cpu", "default"), default="auto")
+    parser.add_argument("--minutes", nargs="+", metavar="CLASS=MIN", help="training budget per class (CPU defaults: mito=30 membrane=20)")
+    parser.add_argument("--no-limit", action="store_true", help="no time budget (the default preset's full schedule)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", metavar="DIR", help="keep models and predictions in DIR (default: a temporary folder)")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    args = parser.parse_args()
+    if not (DATA / "image.tif").exists():
+        print(f"skipped: {DATA} is absent (the benchmark needs ../shared/data/vnc_sstem)")
+        return 0
+    import torch
+
+    warnings.simplefilter("ignore")
+    gpu = torch.cuda.is_available() and args.device != "cpu"
+    preset = args.preset if args.preset != "auto" else ("default" if gpu else "cpu")
+    budgets = _parse_minutes(args.minutes)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.keep) if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for cls in args.classes:
+            minutes = None if args.no_limit else budgets.get(cls)
+            print(f"== {cls}: preset {preset}, budget {minutes if minutes else 'none'} min", flush=True)
+            rows.append(run_class(cls, preset, minutes, args.device, work, args.seed, args.quiet))
+            print(json.dumps(rows[-1]), flush=True)
+    print("\nclass      F1     IoU    F1/slice        train   | DeepSCEM F1  IoU   (min) | target")
+    for r in rows:
+        ref = REFERENCE.get(str(r["class"]))
+        tgt = (f"F1 >= {GPU_TARGET[r['class']]:.2f} (GPU)" if gpu and r["class"] in GPU_TARGET else
+               f"F1 >= {CPU_TARGET[r['class']][0]:.2f} in {CPU_TARGET[r['class']][1]} min" if r["class"] in CPU_TARGET else "")
+        met = ""
+        if r["class"] in CPU_TARGET:
+            goal = GPU_TARGET[r["class"]] if gpu else CPU_TARGET[r["class"]][0]
+            met = "met" if float(r["f1"]) >= goal else "NOT met"
+        ref_txt = f"{ref[0]:.3f}  {ref[1]:.3f} ({ref[2]})" if ref else ""
+        print(f"{r['class']:9s} {r['f1']:.3f}  {r['iou']:.3f}  {r['f1_slice_mean']:.3f}±{r['f1_slice_std']:.3f}  "
+              f"{r['train_minutes']:5.1f} min | {ref_txt:22s} | {tgt} {met}")
+        if ref:
+            print(f"          ratio to DeepSCEM: F1 x{float(r['f1']) / ref[0]:.3f}, training time x{float(r['train_minutes']) / ref[2]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
