@@ -51,6 +51,8 @@ class TrainRequest:
     init_from: str | Path | None = None
     resume: bool = False
     overwrite: bool = False
+    #: With ``resume``: extend the interrupted run to this many epochs (None: as it was planned).
+    resume_epochs: int | None = None
     export_onnx: bool = True
     fp16_export: bool = False
     trust_custom_code: bool = False
@@ -63,7 +65,7 @@ class TrainRequest:
             flips=not a.no_flips, rot90=not a.no_rot90, brightness=a.brightness, contrast=a.contrast,
             gamma=a.gamma, noise=a.noise)
         train_cfg = TrainConfig(
-            epochs=a.epochs, steps_per_epoch=a.steps, batch_size=a.batch_size, patch_size=patch, loss=a.loss,
+            epochs=a.epochs or 64, steps_per_epoch=a.steps, batch_size=a.batch_size, patch_size=patch, loss=a.loss,
             class_weights=tuple(a.class_weights) if a.class_weights else None, optimizer=a.optimizer,
             learning_rate=a.lr, weight_decay=a.weight_decay, lr_schedule=a.schedule, lr_patience=a.lr_patience,
             lr_factor=a.lr_factor, min_lr=a.min_lr, val_steps=a.val_steps, val_slices=a.val_slices,
@@ -91,6 +93,7 @@ class TrainRequest:
                    annotated=a.annotated, annotated_slices=a.annotated_slices, val_images=a.val_image or [],
                    val_masks=a.val_masks or [], val_dataset=a.val_dataset, model=model, train=train_cfg,
                    normalization=norm, init_from=a.init_from, resume=a.resume, overwrite=a.overwrite,
+                   resume_epochs=a.epochs if a.resume else None,
                    export_onnx=not a.no_export, fp16_export=a.fp16_export, trust_custom_code=a.trust_custom_code)
 
 
@@ -133,7 +136,7 @@ def train(request: TrainRequest, callbacks: Sequence[Callback] = ()) -> TrainRes
         model_config = ModelConfig(classes=samples[0].class_names, **r.model)
     result = train_model(samples, r.model_dir, model_config=model_config, config=r.train, normalization=r.normalization,
                          val_samples=val or None, init_from=r.init_from, resume=r.resume, overwrite=r.overwrite,
-                         callbacks=callbacks)
+                         epochs=r.resume_epochs if r.resume else None, callbacks=callbacks)
     if r.export_onnx and result.status != "interrupted":
         from .export.onnx_export import export_onnx
 

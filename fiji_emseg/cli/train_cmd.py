@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     m.add_argument("--architecture", default="unet", help="'unet' or 'package.module:builder' for your own torch module")
     m.add_argument("--init-from", metavar="MODEL", help="fine-tune from an existing model folder")
     t = p.add_argument_group("optimisation")
-    t.add_argument("--epochs", type=int, default=64, help="epochs (default 64)")
+    t.add_argument("--epochs", type=int, help="epochs (default 64; with --resume: extend the run to this many)")
     t.add_argument("--steps", type=int, default=256, help="steps per epoch (default 256)")
     t.add_argument("--batch-size", type=int, default=8, help="patches per step (default 8)")
     t.add_argument("--patch-size", nargs="+", type=int, default=None, metavar="N",
