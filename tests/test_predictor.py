@@ -172,10 +172,11 @@ def test_cleanup_is_applied(models: dict[str, Path], tmp_path: Path, per_slice: 
     lab, n = ndi.label(cleaned[1, ..., 0]) if per_slice else ndi.label(cleaned[..., 0])
     sizes = np.bincount(lab.ravel())[1:]
     assert n == 0 or sizes.min() >= 30
-    predict(models["2d"], vol, tmp_path, config=PredictConfig(device="cpu", cleanup=cleanup, outputs=("masks",)), name="c")
-    on_disk, _ = read_volume(tmp_path / "c_a_mask.tif")
+    out = tmp_path / "new" / "folder"  # created on demand, also for the 3D clean-up's scratch file
+    predict(models["2d"], vol, out, config=PredictConfig(device="cpu", cleanup=cleanup, outputs=("masks",)), name="c")
+    on_disk, _ = read_volume(out / "c_a_mask.tif")
     assert np.array_equal(on_disk > 0, cleaned[..., 0].astype(bool))
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temporary files removed
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # temporary files removed
 
 
 def test_tta_is_close_to_plain_and_symmetric(models: dict[str, Path]) -> None:

@@ -189,6 +189,7 @@ class PredictionWriter:
                 self.arrays[kind] = group.create_array(kind, shape=shp, dtype=dt, chunks=chunks)  # type: ignore[assignment]
             self.files[("zarr", "")] = self._zarr_path
         if self._masks_later and storage != "memory":
+            folder.mkdir(parents=True, exist_ok=True)
             self._tmpdir = Path(tempfile.mkdtemp(prefix=".emseg-masks-", dir=folder))
             self._mask_mm = np.lib.format.open_memmap(self._tmpdir / "masks.npy", mode="w+", dtype=np.uint8,
                                                       shape=(len(spec.classes), *self.shape))

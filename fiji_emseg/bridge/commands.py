@@ -1,0 +1,615 @@
+"""The Fiji commands: everything the ``fiji_scripts/*.py`` menu commands do, one function each.
+
+A script body only casts its SciJava inputs and calls one of these functions, because Fiji's
+Python-mode runner is a poor place for logic: it swallows exceptions (a headless run then exits
+0), converts every top-level variable to Java, and an old Fiji would run the file under Jython.
+Here each command
+
+- takes plain Python values (plus ``ImagePlus`` objects) — images either as open windows (window
+  titles, what the GUI and macros use) or as files (what headless batch runs use; a file input,
+  when given, wins over the image window that Fiji fills in automatically);
+- converts images with the bridge, calls the engine, shows result windows and tables;
+- reports progress in ImageJ's status and progress bars and the Log, routes EmsegWarnings to
+  the Log, and lets the user cancel (Esc, or the Stop window during training);
+- catches every error and reports it with :func:`~fiji_emseg.bridge.failure.report_failure`
+  (Log, error dialog in the GUI, non-zero exit in a headless batch run);
+- returns the values of the script's ``#@output`` s as strings: ``status`` starts with ``ok:``,
+  ``cancelled:`` or ``error:``.
+
+Slice numbers typed by Fiji users, and shown in the tables here, start at 1 as in Fiji's slice
+slider; the engine's 0-based indices are converted at this boundary.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..engine.cleanup import CleanupConfig
+from ..engine.model_config import ModelConfig
+from ..engine.prediction_output import as_thresholds
+from ..engine.predictor import PredictConfig
+from ..engine.sample import (
+    Sample,
+    class_name_from_path,
+    parse_slice_ranges,
+    slices_to_region,
+)
+from ..engine.train_config import TrainConfig
+from ..engine.volume_io import Calibration
+from ..errors import ConfigError, InputDataError, ModelFileError, OutputError
+from .failure import report_failure
+from .fiji_callbacks import PredictionProgress, TrainingProgress
+from .imageplus import image_to_volume, mask_from_imageplus
+from .jvm import ensure_jvm, is_headless, jclass
+from .outputs import (
+    masks_to_imageplus,
+    overlay_composite,
+    probabilities_to_imageplus,
+    show,
+)
+from .progress import FijiProgress, ij_log, log_warnings
+from .results import show_table
+
+__all__ = [
+    "EVALUATE_TITLE",
+    "MEASURE_TITLE",
+    "PREDICT_TITLE",
+    "TRAIN_TITLE",
+    "evaluate_command",
+    "measure_command",
+    "predict_command",
+    "split_list",
+    "train_command",
+    "zero_based_ranges",
+]
+
+TRAIN_TITLE = "Train EM Model"
+PREDICT_TITLE = "Predict EM Model"
+EVALUATE_TITLE = "Evaluate EM Segmentation"
+MEASURE_TITLE = "Measure EM Objects"
+
+# The engine's defaults, which the commands (and the scripts' parameter defaults) repeat.
+_TRAIN = TrainConfig()
+_MODEL = ModelConfig()
+_PREDICT_THRESHOLD = as_thresholds(None, ("class",))[0]  # the engine's when PredictConfig.thresholds is None
+#: Table columns holding slice indices: shown 1-based in Fiji.
+_SLICE_COLUMNS = ("slice", "centroid_z", "z_min", "z_max")
+_PRED_TITLE = re.compile(r"^(?P<image>.+) pred (?P<cls>.+)$")
+_TIFF = (".tif", ".tiff")
+
+
+# -- small conversions ---------------------------------------------------------------------------
+
+def _text(value: Any) -> str:
+    """A script's String input as a stripped Python str ('' for None)."""
+    return "" if value is None else str(value).strip()
+
+
+def split_list(text: Any) -> list[str]:
+    """'a, b ,c' -> ['a', 'b', 'c'] (empty items dropped)."""
+    return [part.strip() for part in _text(text).split(",") if part.strip()]
+
+
+def zero_based_ranges(indices: Sequence[int]) -> str:
+    """Sorted 0-based indices as the engine's range syntax: [11, 12, 13, 19] -> '11-13,19'."""
+    parts: list[str] = []
+    run: list[int] = []
+    for i in sorted({int(v) for v in indices}):
+        if run and i == run[-1] + 1:
+            run.append(i)
+            continue
+        if run:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [i]
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts)
+
+
+def _one_based(spec: Any, n_slices: int) -> list[int] | None:
+    """Slices typed by a Fiji user ('13-16,20', numbered from 1) as 0-based indices; None when empty."""
+    text = _text(spec)
+    if not text:
+        return None
+    indices = parse_slice_ranges(text, n_slices, one_based=True)
+    if not indices:
+        raise InputDataError(f"slices {text!r} select nothing; give slice numbers from 1 to {n_slices}, e.g. '1-4'")
+    return indices
+
+
+def _slices_one_based(df: Any) -> Any:
+    """A copy of a table with its slice-index columns numbered from 1 (as Fiji's slices)."""
+    out = df.copy()
+    for col in _SLICE_COLUMNS:
+        if col in out.columns and len(out):
+            values = out[col]
+            out[col] = values.where(values < 0, values + 1)  # -1 marks "absent" and stays
+    return out
+
+
+def _stem(name: str) -> str:
+    """A file-name stem from a window title or file name ('stack.tif' -> 'stack')."""
+    stem = class_name_from_path(name) or "image"
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)
+
+
+def _class_from_title(title: str) -> str:
+    """Class name of a mask window: 'stack pred mito' -> 'mito', 'mito.tif' -> 'mito'."""
+    m = _PRED_TITLE.match(title)
+    return m.group("cls") if m else class_name_from_path(title)
+
+
+def _class_names(classes: Any, sources: Sequence[str], what: str) -> list[str]:
+    names = split_list(classes)
+    if not names:
+        return [_class_from_title(s) for s in sources]
+    if len(names) != len(sources):
+        raise ConfigError(f"{len(names)} class names ({', '.join(names)}) for {len(sources)} {what}; "
+                          "give one name per mask, in the same order, or leave classes empty")
+    return names
+
+
+# -- images by window title and by file ----------------------------------------------------------
+
+def _titles(text: Any) -> list[str]:
+    """Window titles from a comma-separated list (a title that itself contains a comma also works)."""
+    whole = _text(text)
+    if not whole:
+        return []
+    if jclass("ij.WindowManager").getImage(whole) is not None:
+        return [whole]
+    return split_list(whole)
+
+
+def _image_by_title(title: str) -> Any:
+    imp = jclass("ij.WindowManager").getImage(title)
+    if imp is None:
+        raise InputDataError(f"no image window is called {title!r}; open it, or check the title in the Window menu "
+                             "(titles are separated by commas)")
+    return imp
+
+
+def _current_image(what: str) -> Any:
+    imp = jclass("ij.WindowManager").getCurrentImage()
+    if imp is None:
+        raise InputDataError(f"no {what} given and no image is open; open one, or give the file(s) for batch runs")
+    return imp
+
+
+def _files(text: Any, what: str, folder_ok: bool = True) -> list[Path]:
+    """Comma-separated files; a folder stands for the TIFF stacks in it (sorted by name)."""
+    out: list[Path] = []
+    for entry in split_list(text):
+        p = Path(entry).expanduser()
+        if not p.exists():
+            raise InputDataError(f"{what}: {entry} does not exist; check the path")
+        if p.is_dir() and p.suffix.lower() != ".zarr":
+            if not folder_ok:
+                raise InputDataError(f"{what}: {entry} is a folder; give a file")
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in _TIFF and not f.name.startswith("."))
+            if not found:
+                raise InputDataError(f"{what}: the folder {entry} holds no .tif file; give TIFF stacks")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def _mask_source(text: Any, what: str) -> Any:
+    """What the engine's evaluate/measure take: one folder (classes named by file), a file, or a list."""
+    entries = split_list(text)
+    if len(entries) == 1 and Path(entries[0]).is_dir() and Path(entries[0]).suffix.lower() != ".zarr":
+        return Path(entries[0])
+    paths = _files(text, what, folder_ok=False)
+    return paths[0] if len(paths) == 1 else paths
+
+
+def _same_size(mask: Any, image: Any) -> None:
+    def dims(imp: Any) -> str:
+        return f"{imp.getWidth()}×{imp.getHeight()}×{imp.getStackSize()}"
+
+    if dims(mask) != dims(image):
+        raise InputDataError(
+            f"mask window {str(mask.getTitle())!r} is {dims(mask)} (width×height×slices) but the image "
+            f"{str(image.getTitle())!r} is {dims(image)}; each mask must have the image's size and slices")
+
+
+def _display(imp: Any) -> None:
+    """Show a result image; headless inside a batch-mode macro, register it so later commands find it by title."""
+    if not is_headless():
+        show(imp)
+    elif bool(jclass("ij.macro.Interpreter").isBatchMode()):
+        imp.show()  # ImageJ keeps it as a batch-mode image: no window, but WindowManager knows its title
+
+
+def _device(use_gpu: bool) -> str:
+    return "auto" if use_gpu else "cpu"
+
+
+# -- running a command ----------------------------------------------------------------------------
+
+def _run(title: str, work: Callable[[], dict[str, str]], failed: dict[str, str]) -> dict[str, str]:
+    """Run ``work`` with EmsegWarnings in the Log; report any error and return ``failed`` + status."""
+    ensure_jvm()
+    try:
+        with log_warnings():
+            return work()
+    except Exception as exc:  # noqa: BLE001 - every error must be reported, never swallowed by Fiji
+        message = report_failure(exc, title=title)
+        return {**failed, "status": f"error: {message}"}
+
+
+def _make_folder(folder: Path) -> None:
+    """Create an output folder named by the user (the engine's 3D clean-up needs it to exist)."""
+    from ..engine.files import describe_os_error
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, folder)) from exc
+    if not folder.is_dir():
+        raise OutputError(f"{folder} is a file, not a folder; choose a folder for the results")
+
+
+def _writable(paths: Sequence[Path], overwrite: bool) -> None:
+    """Fail before any work when a result file exists and may not be replaced."""
+    from ..engine.files import check_writable
+
+    for p in paths:
+        if p.exists() and not overwrite:
+            raise OutputError(f"{p} already exists; choose another output_folder or tick overwrite")
+        check_writable(p, overwrite)
+
+
+# -- Train EM Model -------------------------------------------------------------------------------
+
+def train_command(*, image: Any = None, masks: str = "", image_file: str = "", mask_files: str = "",
+                  classes: str = "", model_folder: str = "", output: str = _MODEL.output,
+                  epochs: int = _TRAIN.epochs, steps: int = _TRAIN.steps_per_epoch,
+                  batch_size: int = _TRAIN.batch_size, patch_size: int = _TRAIN.patch_size[-1],
+                  learning_rate: float = _TRAIN.learning_rate, validation_slices: str = "",
+                  annotated_slices: str = "", depth: int = _MODEL.depth, filters: int = _MODEL.filters,
+                  seed: int = -1, use_gpu: bool = True, overwrite: bool = False) -> dict[str, str]:
+    """Train a 2D U-Net on an EM stack and its class masks; returns ``status`` and ``model_path``.
+
+    Masks are window titles (``masks``, comma-separated, one per class) or files (``mask_files``,
+    or one folder of one TIFF per class); class names default to the masks' titles/file names.
+    ``validation_slices``/``annotated_slices`` are 1-based ('13-16'). ``seed`` < 0 draws a seed
+    (recorded in the model). Esc or the Stop window ends training after the current step and keeps
+    the best model so far.
+    """
+    folder = _text(model_folder)
+
+    def work() -> dict[str, str]:
+        if not folder:
+            raise ConfigError("model_folder is empty; choose a folder for the new model")
+        if (Path(folder) / "config.json").is_file() and not bool(overwrite):
+            raise OutputError(f"{folder} already holds a model; choose another model folder, or tick 'Replace a "
+                              "model already in the folder' (overwrite=true)")
+        sample = _training_sample(image, masks, image_file, mask_files, classes, annotated_slices)
+        val = _one_based(validation_slices, sample.shape[0])
+        model_config = ModelConfig(classes=sample.class_names, depth=int(depth), filters=int(filters),
+                                   output=_text(output) or _MODEL.output)  # type: ignore[arg-type]
+        config = TrainConfig(epochs=int(epochs), steps_per_epoch=int(steps), batch_size=int(batch_size),
+                             patch_size=(int(patch_size), int(patch_size)), learning_rate=float(learning_rate),
+                             val_slices=zero_based_ranges(val) if val else None,
+                             seed=None if int(seed) < 0 else int(seed), device=_device(bool(use_gpu)))
+        ij_log(f"{TRAIN_TITLE}: {sample.name} {'×'.join(map(str, sample.shape))} (Z×Y×X), classes "
+               f"{', '.join(sample.class_names)}" + (f", validation slices {_text(validation_slices)} (from 1)"
+                                                     if val else "") + f" -> {folder}")
+        return _train(sample, Path(folder), model_config, config, bool(overwrite))
+
+    return _run(TRAIN_TITLE, work, {"model_path": folder})
+
+
+def _training_sample(image: Any, masks: Any, image_file: Any, mask_files: Any, classes: Any,
+                     annotated_slices: Any) -> Sample:
+    from ..engine.sample import load_sample
+    from ..engine.volume_io import open_volume
+
+    if _text(image_file):
+        paths = _files(image_file, "image_file", folder_ok=False)
+        if len(paths) != 1:
+            raise ConfigError(f"image_file names {len(paths)} files; train on one stack at a time (or use emseg train)")
+        mask_paths = _files(mask_files, "mask_files")
+        if not mask_paths:
+            raise ConfigError("image_file is set but mask_files is empty; give one mask file per class "
+                              "(comma-separated) or a folder of them")
+        with open_volume(paths[0]) as vol:
+            n = int(vol.shape[0])
+        slices = _one_based(annotated_slices, n)
+        names = split_list(classes) or None
+        return load_sample(paths[0], mask_paths, names, annotated_slices=slices)
+    imp = image if image is not None else _current_image("image")
+    titles = _titles(masks)
+    if not titles:
+        raise ConfigError("masks is empty; give the mask window titles, one per class (e.g. masks=[mito mask]), "
+                          "or image_file with mask_files")
+    if str(imp.getTitle()) in titles:
+        raise InputDataError(f"the image {str(imp.getTitle())!r} is also given as a mask; select the EM image window "
+                             "(or name it with image=[title]) and list only the masks in masks")
+    volume, calibration = image_to_volume(imp)
+    mask_imps = [_image_by_title(t) for t in titles]
+    arrays = []
+    for t, m in zip(titles, mask_imps, strict=True):
+        _same_size(m, imp)
+        arrays.append(mask_from_imageplus(m, t))
+    names = _class_names(classes, titles, "mask windows")
+    annotated = _one_based(annotated_slices, volume.shape[0])
+    region = slices_to_region(annotated, volume.shape) if annotated else None
+    return Sample(str(imp.getTitle()), volume, np.stack(arrays), tuple(names), calibration, region)
+
+
+def _train(sample: Sample, model_dir: Path, model_config: ModelConfig, config: TrainConfig,
+           overwrite: bool) -> dict[str, str]:
+    from ..engine.trainer import train_model
+
+    with FijiProgress(TRAIN_TITLE, show_eta=False, cancel_button=True) as progress:
+        callback = TrainingProgress(progress, TRAIN_TITLE)
+        result = train_model([sample], model_dir, model_config=model_config, config=config,
+                             overwrite=overwrite, callbacks=[callback])
+    if result.status == "interrupted":
+        status = (f"cancelled: training stopped after {result.epochs_run} of {config.epochs} epochs; the best model "
+                  f"so far is in {model_dir} (continue it with: emseg train {model_dir} --resume)")
+        ij_log(f"{TRAIN_TITLE}: {status}")
+        return {"status": status, "model_path": str(model_dir)}
+    _export(model_dir)
+    ij_log(f"{TRAIN_TITLE}: {result.summary()}")
+    return {"status": f"ok: {result.summary()}", "model_path": str(model_dir)}
+
+
+def _export(model_dir: Path) -> None:
+    """ONNX next to the weights (as ``api.train`` does); a failure only costs an on-the-fly export later."""
+    import warnings
+
+    from ..errors import EmsegWarning
+    from ..export.onnx_export import export_onnx
+
+    jclass("ij.IJ").showStatus(f"{TRAIN_TITLE}: exporting ONNX")
+    try:
+        report = export_onnx(model_dir, overwrite=True)
+        ij_log(f"{TRAIN_TITLE}: exported {report.path}")
+    except Exception as exc:  # noqa: BLE001 - the trained weights are safe either way
+        warnings.warn(f"ONNX export failed ({exc}); Predict EM Model will export on the fly", EmsegWarning,
+                      stacklevel=2)
+
+
+# -- Predict EM Model -----------------------------------------------------------------------------
+
+def predict_command(*, image: Any = None, image_file: str = "", model_folder: str = "", output_folder: str = "",
+                    threshold: float = _PREDICT_THRESHOLD, min_size: int = 0, fill_holes: int = 0,
+                    tta: bool = False, show_probabilities: bool = False, show_overlay: bool = False,
+                    use_gpu: bool = True, overwrite: bool = False) -> dict[str, str]:
+    """Predict an image window (result windows ``<image> pred <class>``) or files (a stack or a folder
+    of stacks, written to ``output_folder`` slice by slice); returns ``status`` and ``mask_titles``.
+
+    ``threshold`` applies to sigmoid models (softmax models take the most probable class);
+    ``min_size``/``fill_holes`` (voxels, 0 = off) clean the masks up. With a window,
+    ``output_folder`` (optional) also receives the masks as TIFF files.
+    """
+
+    def work() -> dict[str, str]:
+        from ..engine.predictor import Predictor
+
+        model = Path(_text(model_folder))
+        if not _text(model_folder) or not model.exists():
+            raise ModelFileError(f"model folder {_text(model_folder) or '(empty)'} does not exist; choose the folder "
+                                 "that Train EM Model wrote (it holds config.json and weights.safetensors)")
+        cleanup = None
+        if int(min_size) > 0 or int(fill_holes) > 0:
+            cleanup = CleanupConfig(min_object_size=int(min_size), max_hole_size=int(fill_holes))
+        file_mode = bool(_text(image_file))
+        kinds = ("masks", "probabilities") if bool(show_probabilities) and not file_mode else ("masks",)
+        config = PredictConfig(device=_device(bool(use_gpu)), tta=bool(tta), outputs=kinds,
+                               thresholds=float(threshold), cleanup=cleanup)
+        with Predictor(model, config) as predictor:
+            mc = predictor.model_config
+            ij_log(f"{PREDICT_TITLE}: model {model} ({', '.join(mc.classes)}, {mc.output}); "
+                   f"backend {predictor.backend.description}")
+            with FijiProgress(PREDICT_TITLE) as progress:
+                try:
+                    if file_mode:
+                        return _predict_files(predictor, progress, image_file, output_folder, bool(overwrite))
+                    return _predict_window(predictor, progress, image, output_folder, bool(show_probabilities),
+                                           bool(show_overlay), bool(overwrite))
+                except InterruptedError:
+                    status = "cancelled: prediction stopped; no result was shown or written"
+                    ij_log(f"{PREDICT_TITLE}: {status}")
+                    return {"status": status, "mask_titles": ""}
+
+    return _run(PREDICT_TITLE, work, {"mask_titles": ""})
+
+
+def _predict_files(predictor: Any, progress: FijiProgress, image_file: Any, output_folder: Any,
+                   overwrite: bool) -> dict[str, str]:
+    out = _text(output_folder)
+    if not out:
+        raise ConfigError("output_folder is empty; give a folder for the masks predicted from image_file")
+    inputs = _files(image_file, "image_file")
+    _make_folder(Path(out))
+    written = 0
+    for k, path in enumerate(inputs, start=1):
+        label = f"[{k}/{len(inputs)}] {path.name}" if len(inputs) > 1 else path.name
+        result = predictor.predict(path, Path(out), overwrite=overwrite,
+                                   progress=PredictionProgress(progress, PREDICT_TITLE, label))
+        written += len(result.files)
+        ij_log(f"{PREDICT_TITLE}: {label}: {result.summary()}")
+        for f in result.files.values():
+            ij_log(f"  {f}")
+    status = f"ok: predicted {len(inputs)} stack{'s' if len(inputs) != 1 else ''}; {written} files in {out}"
+    ij_log(f"{PREDICT_TITLE}: {status}")
+    return {"status": status, "mask_titles": ""}
+
+
+def _predict_window(predictor: Any, progress: FijiProgress, image: Any, output_folder: Any,
+                    show_probabilities: bool, show_overlay: bool, overwrite: bool) -> dict[str, str]:
+    from ..engine.prediction_output import OutputSpec, output_file_names
+    from ..engine.volume_io import write_volume
+
+    imp = image if image is not None else _current_image("image")
+    title = str(imp.getTitle())
+    classes = list(predictor.model_config.classes)
+    out = _text(output_folder)
+    targets: dict[tuple[str, str], Path] = {}
+    if out:
+        spec = OutputSpec(tuple(classes), predictor.model_config.output, ("masks",))
+        targets = {key: Path(out) / name for key, name in output_file_names(_stem(title), spec).items()}
+        _writable(list(targets.values()), overwrite)
+    volume, calibration = image_to_volume(imp)
+    result = predictor.predict(volume, None, name=_stem(title), calibration=calibration,
+                               progress=PredictionProgress(progress, PREDICT_TITLE, title))
+    ij_log(f"{PREDICT_TITLE}: {title}: {result.summary()}")
+    masks = np.moveaxis(np.asarray(result.masks.values), -1, 0)  # (C, Z, Y, X) 0/1
+    mask_imps = masks_to_imageplus(masks, title, classes, calibration)
+    for m in mask_imps:
+        _display(m)
+    if show_probabilities:
+        probs = np.moveaxis(np.asarray(result.probabilities.values), -1, 0)
+        for p in probabilities_to_imageplus(probs, title, classes, calibration):
+            _display(p)
+    if show_overlay:
+        _display(overlay_composite(volume, masks, title, classes, calibration))
+    for (_, cls), path in targets.items():
+        write_volume(path, np.multiply(masks[classes.index(cls)] != 0, 255, dtype=np.uint8), calibration, overwrite)
+        ij_log(f"  {path}")
+    titles = [str(m.getTitle()) for m in mask_imps]
+    voxels = ", ".join(f"{c} {100.0 * float(masks[i].mean()):.1f} %" for i, c in enumerate(classes))
+    status = f"ok: {title}: {', '.join(titles)} (foreground {voxels})"
+    if targets:
+        status += f"; saved in {out}"
+    return {"status": status, "mask_titles": ",".join(titles)}
+
+
+# -- Evaluate EM Segmentation ---------------------------------------------------------------------
+
+def evaluate_command(*, reference: str = "", prediction: str = "", reference_files: str = "",
+                     prediction_files: str = "", classes: str = "", annotated_slices: str = "",
+                     threshold: float = 0.0, components: str = "3d", output_folder: str = "",
+                     overwrite: bool = False) -> dict[str, str]:
+    """Score predicted masks against reference masks, class by class; returns ``status`` and ``table_title``.
+
+    Windows (``reference``/``prediction``: titles in the same class order) or files (each a folder
+    of one mask per class, matched by file name, or files in class order). ``threshold`` 0 means
+    the masks must be binary (0/1 or 0/255); give e.g. 0.5 to score probability maps.
+    """
+
+    def work() -> dict[str, str]:
+        from ..engine.evaluation import evaluate, resolve_mask_set
+        from ..engine.volume_io import open_volume
+
+        if _text(reference_files) or _text(prediction_files):
+            if not (_text(reference_files) and _text(prediction_files)):
+                raise ConfigError("give both reference_files and prediction_files (folders or files), or neither")
+            ref: Any = _mask_source(reference_files, "reference_files")
+            pred: Any = _mask_source(prediction_files, "prediction_files")
+            first = resolve_mask_set(ref, "reference")[0][0].source
+            with open_volume(first) as vol:
+                n = int(vol.shape[0])
+            names: list[str] | None = split_list(classes) or None
+            name = _stem((pred[0] if isinstance(pred, list) else pred).name)
+        else:
+            ref_titles, pred_titles = _titles(reference), _titles(prediction)
+            if not ref_titles or not pred_titles:
+                raise ConfigError("give the reference and prediction mask windows (titles, one per class, in the same "
+                                  "order), or reference_files and prediction_files")
+            if len(ref_titles) != len(pred_titles):
+                raise InputDataError(f"{len(ref_titles)} reference windows but {len(pred_titles)} prediction windows; "
+                                     "give one prediction per reference mask, in the same order")
+            names = _class_names(classes, pred_titles, "mask windows")
+            ref = {c: image_to_volume(_image_by_title(t))[0] for c, t in zip(names, ref_titles, strict=True)}
+            pred = {c: image_to_volume(_image_by_title(t))[0] for c, t in zip(names, pred_titles, strict=True)}
+            n = int(next(iter(ref.values())).shape[0])
+            m = _PRED_TITLE.match(pred_titles[0])
+            name = m.group("image") if m else pred_titles[0]
+        region = _one_based(annotated_slices, n)
+        out = _text(output_folder)
+        files = {k: Path(out) / f"{_stem(name)}_evaluation_{k}.csv" for k in ("summary", "per_slice", "objects")}
+        if out:
+            _writable(list(files.values()), bool(overwrite))
+        report = evaluate(ref, pred, class_names=names, annotated_slices=region,
+                          threshold=float(threshold) if float(threshold) > 0 else None,
+                          components=_text(components) or "3d")
+        per_slice = _slices_one_based(report.per_slice)
+        objects = _slices_one_based(report.objects)
+        table = f"{name} evaluation"
+        show_table(report.summary, table)
+        show_table(per_slice, f"{name} evaluation per slice")
+        ij_log(f"{EVALUATE_TITLE}: {name} (slices numbered from 1; "
+               f"{'annotated slices ' + _text(annotated_slices) if region else 'all slices'})")
+        for line in report.format_table().splitlines():
+            ij_log("  " + line)
+        if out:
+            _save_csv(files["summary"], report.summary, bool(overwrite))
+            _save_csv(files["per_slice"], per_slice, bool(overwrite))
+            _save_csv(files["objects"], objects, bool(overwrite))
+        scores = "; ".join(f"{r['class']} F1 {r['f1']:.3f} IoU {r['iou']:.3f}" for _, r in report.summary.iterrows())
+        status = f"ok: {name}: {scores}" + (f"; tables saved in {out}" if out else "")
+        return {"status": status, "table_title": table}
+
+    return _run(EVALUATE_TITLE, work, {"table_title": ""})
+
+
+def _save_csv(path: Path, df: Any, overwrite: bool) -> None:
+    from ..engine.files import atomic_write_text
+
+    atomic_write_text(path, df.to_csv(index=False, float_format="%.6g", lineterminator="\n"), overwrite)
+    ij_log(f"  {path}")
+
+
+# -- Measure EM Objects ---------------------------------------------------------------------------
+
+def measure_command(*, masks: str = "", mask_files: str = "", classes: str = "", threshold: float = 0.0,
+                    components: str = "auto", min_size: int = 0, output_folder: str = "",
+                    overwrite: bool = False) -> dict[str, str]:
+    """Label and measure the objects of mask windows (default: the current image) or files; one
+    results table with one row per object; returns ``status`` and ``table_title``.
+
+    Sizes are calibrated with the images' voxel size (Image > Properties…); ``min_size`` leaves
+    objects of fewer voxels out of the table; ``threshold`` 0 means the masks must be binary.
+    """
+
+    def work() -> dict[str, str]:
+        from ..engine.evaluation import measure
+
+        calibration: Calibration | None = None
+        if _text(mask_files):
+            source: Any = _mask_source(mask_files, "mask_files")
+            names: list[str] | None = split_list(classes) or None
+            first = source if isinstance(source, Path) else Path(source[0])
+            name = _stem(first.name)
+        else:
+            titles = _titles(masks) or [str(_current_image("mask").getTitle())]
+            names = _class_names(classes, titles, "mask windows")
+            source = {}
+            for c, t in zip(names, titles, strict=True):
+                volume, cal = image_to_volume(_image_by_title(t))
+                source[c] = volume
+                calibration = calibration or cal
+            names = None  # the dict keys name the classes
+            m = _PRED_TITLE.match(titles[0])
+            name = m.group("image") if m else titles[0]
+        out = _text(output_folder)
+        target = Path(out) / f"{_stem(name)}_objects.csv"
+        if out:
+            _writable([target], bool(overwrite))
+        df = measure(source, names, calibration, threshold=float(threshold) if float(threshold) > 0 else None,
+                     components=_text(components) or "auto", min_voxels=int(min_size))
+        shown = _slices_one_based(df)
+        table = f"{name} objects"
+        show_table(shown, table)
+        counts = shown["class"].value_counts() if len(shown) else {}
+        order = list(source) if isinstance(source, dict) else list(dict.fromkeys(shown["class"]))
+        summary = ", ".join(f"{c} {int(counts.get(c, 0))} objects" for c in order) or "no object found"
+        unit = str(shown["unit"].iloc[0]) if len(shown) else ""
+        ij_log(f"{MEASURE_TITLE}: {name}: {summary}" + (f" (sizes in {unit}; slices numbered from 1)" if unit else ""))
+        if out:
+            _save_csv(target, shown, bool(overwrite))
+        status = f"ok: {name}: {summary}" + (f"; table saved in {target}" if out else "")
+        return {"status": status, "table_title": table}
+
+    return _run(MEASURE_TITLE, work, {"table_title": ""})

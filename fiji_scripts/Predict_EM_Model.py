@@ -1,0 +1,29 @@
+#@script(language="Python", menuPath="Plugins>EM Segmentation>Predict EM Model", headless=true, label="Predict EM Model", description="Segment an EM stack (window, file or folder of stacks) with a trained model (fiji-emseg)")
+#@ ImagePlus (label="EM image", required=false, description="The stack to segment (the current image window)") image
+#@ String (label="Or: image file or folder (batch)", value="", description="A TIFF stack or a folder of them; when set it is used instead of the image window and results are written to the output folder") image_file
+#@ File (label="Model folder", style="directory", description="A folder written by Train EM Model (or emseg train)") model_folder
+#@ String (label="Output folder (optional for windows)", value="", description="Where <name>_<class>_mask.tif files are written; required with an image file") output_folder
+#@ Double (label="Mask threshold (sigmoid models)", value=0.5, min=0.001, max=0.999, stepSize=0.05) threshold
+#@ Integer (label="Remove objects smaller than (voxels)", value=0, min=0) min_size
+#@ Integer (label="Fill holes up to (voxels)", value=0, min=0) fill_holes
+#@ Boolean (label="Test-time augmentation (slower)", value=false) tta
+#@ Boolean (label="Show probability maps", value=false) show_probabilities
+#@ Boolean (label="Show overlay", value=false) show_overlay
+#@ Boolean (label="Use the GPU when there is one", value=true) use_gpu
+#@ Boolean (label="Replace existing result files", value=false) overwrite
+#@output String status
+#@output String mask_titles
+
+# ruff: noqa: F821, N999 -- SciJava injects the #@ inputs as globals; the file name is the menu entry
+# Python mode (CPython) only: everything happens in the fiji-emseg package. Under Jython (an old
+# Fiji, or Python mode off) the import below fails with ImportError: see the fiji-emseg README.
+from fiji_emseg.bridge.commands import predict_command
+
+_result = predict_command(
+    image=image, image_file=str(image_file), model_folder=str(model_folder),
+    output_folder=str(output_folder), threshold=float(threshold), min_size=int(min_size),
+    fill_holes=int(fill_holes), tta=bool(tta), show_probabilities=bool(show_probabilities),
+    show_overlay=bool(show_overlay), use_gpu=bool(use_gpu), overwrite=bool(overwrite))
+status = _result["status"]
+mask_titles = _result["mask_titles"]
+del _result

@@ -1,0 +1,38 @@
+#@script(language="Python", menuPath="Plugins>EM Segmentation>Train EM Model", headless=true, label="Train EM Model", description="Train a U-Net on an EM stack and one binary mask per class (fiji-emseg)")
+#@ ImagePlus (label="EM image", required=false, description="The EM stack to learn from (the current image window)") image
+#@ String (label="Mask windows, one per class", value="", description="Titles of the binary mask windows (0/255), comma-separated, in class order, e.g. mito mask, er mask") masks
+#@ String (label="Or: EM image file (batch)", value="", description="A TIFF stack; when set it is used instead of the image window") image_file
+#@ String (label="Or: mask files (batch)", value="", description="Mask files, comma-separated in class order, or a folder of one TIFF per class") mask_files
+#@ String (label="Class names (optional)", value="", description="Comma-separated, one per mask; default: the mask titles or file names") classes
+#@ File (label="Model folder", style="directory", description="Where the new model is written (config.json, weights, model.onnx, training log)") model_folder
+#@ String (label="Output", choices={"sigmoid", "softmax"}, value="sigmoid", description="sigmoid: independent classes that may overlap; softmax: exclusive classes plus background") output
+#@ Integer (label="Epochs", value=64, min=1) epochs
+#@ Integer (label="Steps per epoch", value=256, min=1) steps
+#@ Integer (label="Batch size", value=8, min=1) batch_size
+#@ Integer (label="Patch size (pixels)", value=256, min=16, description="Square training patches; a multiple of 2^(depth-1)") patch_size
+#@ Double (label="Learning rate", value=0.001, min=0.0000001, stepSize=0.0001, style="format:0.0000000") learning_rate
+#@ String (label="Validation slices (from 1, e.g. 13-16)", value="", description="Slices held out to choose the best epoch, numbered from 1 as in Fiji; empty: no validation") validation_slices
+#@ String (label="Annotated slices (from 1, e.g. 1-16)", value="", description="Only these slices are annotated, numbered from 1; empty: every slice") annotated_slices
+#@ Integer (label="Network depth (levels)", value=5, min=1, max=8) depth
+#@ Integer (label="Filters in the first level", value=32, min=1) filters
+#@ Integer (label="Random seed (-1: random, recorded)", value=-1) seed
+#@ Boolean (label="Use the GPU when there is one", value=true) use_gpu
+#@ Boolean (label="Replace a model already in the folder", value=false) overwrite
+#@output String status
+#@output String model_path
+
+# ruff: noqa: F821, N999 -- SciJava injects the #@ inputs as globals; the file name is the menu entry
+# Python mode (CPython) only: everything happens in the fiji-emseg package. Under Jython (an old
+# Fiji, or Python mode off) the import below fails with ImportError: see the fiji-emseg README.
+from fiji_emseg.bridge.commands import train_command
+
+_result = train_command(
+    image=image, masks=str(masks), image_file=str(image_file), mask_files=str(mask_files),
+    classes=str(classes), model_folder=str(model_folder), output=str(output), epochs=int(epochs),
+    steps=int(steps), batch_size=int(batch_size), patch_size=int(patch_size),
+    learning_rate=float(learning_rate), validation_slices=str(validation_slices),
+    annotated_slices=str(annotated_slices), depth=int(depth), filters=int(filters), seed=int(seed),
+    use_gpu=bool(use_gpu), overwrite=bool(overwrite))
+status = _result["status"]
+model_path = _result["model_path"]
+del _result
