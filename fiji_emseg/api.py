@@ -27,7 +27,7 @@ from .engine.train_config import TrainConfig
 from .engine.trainer import TrainResult, train_model
 from .errors import ConfigError, EmsegWarning, InputDataError
 
-__all__ = ["TrainRequest", "train", "load_samples", "predict", "Predictor", "PredictConfig", "PredictionResult",
+__all__ = ["TrainRequest", "train", "export_trained_model", "load_samples", "predict", "Predictor", "PredictConfig", "PredictionResult",
            "export", "evaluate", "measure"]
 
 
@@ -138,15 +138,21 @@ def train(request: TrainRequest, callbacks: Sequence[Callback] = ()) -> TrainRes
                          val_samples=val or None, init_from=r.init_from, resume=r.resume, overwrite=r.overwrite,
                          epochs=r.resume_epochs if r.resume else None, callbacks=callbacks)
     if r.export_onnx and result.status != "interrupted":
-        from .export.onnx_export import export_onnx
-
-        try:
-            report = export_onnx(result.model_dir, overwrite=True, fp16=r.fp16_export,
-                                 trust_custom_code=r.trust_custom_code)
-            result.files["onnx"] = report.path
-        except Exception as exc:  # the trained weights are safe; prediction can export on the fly
-            warnings.warn(f"ONNX export failed ({exc}); predict will export on the fly", EmsegWarning, stacklevel=2)
+        exported = export_trained_model(result.model_dir, fp16=r.fp16_export, trust_custom_code=r.trust_custom_code)
+        if exported is not None:
+            result.files["onnx"] = exported
     return result
+
+
+def export_trained_model(model_dir: str | Path, *, fp16: bool = False, trust_custom_code: bool = False) -> Path | None:
+    """ONNX next to freshly trained weights; a failure only warns (prediction then exports on the fly)."""
+    from .export.onnx_export import export_onnx
+
+    try:
+        return export_onnx(model_dir, overwrite=True, fp16=fp16, trust_custom_code=trust_custom_code).path
+    except Exception as exc:  # the trained weights are safe either way
+        warnings.warn(f"ONNX export failed ({exc}); prediction will export on the fly", EmsegWarning, stacklevel=2)
+        return None
 
 
 def export(model_dir: str | Path, output: str | Path | None = None, **options: Any) -> Any:

@@ -165,7 +165,7 @@ def test_too_small_image_says_which_patch_would_fit() -> None:
     msg = str(err.value)
     assert "tiny: image 4×40×100 (Z×Y×X) is smaller than the training patch 1×64×64" in msg
     assert "Y: 40 < 64 (largest patch that fits: 32, a multiple of 16)" in msg and "X:" not in msg
-    assert "choose a smaller --patch-size" in msg
+    assert "choose a smaller patch size (--patch-size)" in msg
     check_min_size(s, (32, 96), 16)  # fits: no error
 
 

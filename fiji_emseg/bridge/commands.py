@@ -364,19 +364,13 @@ def _train(sample: Sample, model_dir: Path, model_config: ModelConfig, config: T
 
 
 def _export(model_dir: Path) -> None:
-    """ONNX next to the weights (as ``api.train`` does); a failure only costs an on-the-fly export later."""
-    import warnings
-
-    from ..errors import EmsegWarning
-    from ..export.onnx_export import export_onnx
+    """ONNX next to the weights, as ``emseg train`` does."""
+    from ..api import export_trained_model
 
     jclass("ij.IJ").showStatus(f"{TRAIN_TITLE}: exporting ONNX")
-    try:
-        report = export_onnx(model_dir, overwrite=True)
-        ij_log(f"{TRAIN_TITLE}: exported {report.path}")
-    except Exception as exc:  # noqa: BLE001 - the trained weights are safe either way
-        warnings.warn(f"ONNX export failed ({exc}); Predict EM Model will export on the fly", EmsegWarning,
-                      stacklevel=2)
+    exported = export_trained_model(model_dir)
+    if exported is not None:
+        ij_log(f"{TRAIN_TITLE}: exported {exported}")
 
 
 # -- Predict EM Model -----------------------------------------------------------------------------

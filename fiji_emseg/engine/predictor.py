@@ -293,7 +293,7 @@ class Predictor:
                 raise ConfigError(
                     f"tile {tuple(tile3[3 - mc.dims:])} is too small for this model's receptive field (halo "
                     f"{tuple(self.rf.halo[3 - mc.dims:])}); exact tiling needs tiles of at least {need[3 - mc.dims:]}: use a "
-                    "larger --tile, or set --overlap yourself (then outputs near tile borders differ slightly)")
+                    "larger tile (--tile), or set the overlap yourself (--overlap) (then outputs near tile borders differ slightly)")
         return plan_tiling(shape, tile3, overlap, mult, self.rf.halo, mc.dims, cfg.blend)
 
     def _batch_size(self, plan: TilingPlan) -> int:
@@ -469,7 +469,7 @@ class Predictor:
             if plan.overhead > 3:
                 warnings.warn(
                     f"tiles of {plan.tile_shape[1:]} with this overlap compute every voxel {plan.overhead:.1f} times; "
-                    "a larger --tile is faster", EmsegWarning, stacklevel=2)
+                    "a larger tile (--tile) is faster", EmsegWarning, stacklevel=2)
             storage = "memory" if output_dir is None else cfg.storage
             writer = PredictionWriter(spec, vol.shape, vol.calibration, storage, output_dir, name, overwrite, cfg.compression)
             try:

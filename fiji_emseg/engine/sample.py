@@ -323,7 +323,7 @@ def check_min_size(sample: Sample, patch_size: Sequence[int], multiple: Sequence
         raise InputDataError(
             f"{sample.name}: image {_zyx(sample.shape)} is smaller than the training patch "
             f"{'×'.join(map(str, (pz, py, px)))} — " + "; ".join(too_small)
-            + "; choose a smaller --patch-size or use larger images")
+            + "; choose a smaller patch size (--patch-size) or use larger images")
 
 
 def validate_dataset(samples: Sequence[Sample], role: str = "training") -> tuple[str, ...]:

@@ -252,7 +252,7 @@ class _Trainer:
         self.has_val = bool(self.val_samples) and self.cfg.val_steps > 0
         if not self.has_val:
             why = "validation is off (0 validation steps)" if self.cfg.val_steps == 0 else \
-                "no validation data (give --val-slices or --val-image)"
+                "no validation data (give validation slices or validation images)"
             warnings.warn(f"{why}; keep-best and early stopping will follow the training loss instead",
                           EmsegWarning, stacklevel=3)
             self.monitor = "loss"
@@ -328,16 +328,16 @@ class _Trainer:
             if len(p) == 3 and p[0] == 1:
                 self.cfg = self.cfg.replace(patch_size=list(p[1:]))
             else:
-                raise ConfigError(f"a 2D model needs a (y, x) patch size, got {p}; e.g. --patch-size 256 256")
+                raise ConfigError(f"a 2D model needs a (y, x) patch size, got {p}; e.g. 256 256 (--patch-size 256 256)")
         if self.dims == 3 and len(p) != 3:
-            raise ConfigError(f"a 3D model needs a (z, y, x) patch size, got {p}; e.g. --patch-size 32 128 128")
+            raise ConfigError(f"a 3D model needs a (z, y, x) patch size, got {p}; e.g. 32 128 128 (--patch-size 32 128 128)")
         mult = self.mc.spatial_multiple if self.dims == 3 else self.mc.spatial_multiple[1:]
         bad = [(s, m) for s, m in zip(self.cfg.patch_size, mult, strict=True) if s % m]
         if bad:
             fix = " ".join(str(max(m, (s // m) * m)) for s, m in zip(self.cfg.patch_size, mult, strict=True))
             raise ConfigError(
                 f"patch size {tuple(self.cfg.patch_size)} must be a multiple of {tuple(mult)} for a depth-{self.mc.depth} "
-                f"model (4 poolings need multiples of 16); use e.g. --patch-size {fix}")
+                f"model ({self.mc.poolings} poolings); use e.g. {fix} (--patch-size {fix})")
 
     def _init_from(self, path: Path) -> None:
         info = read_model_info(path)
@@ -558,7 +558,7 @@ class _Trainer:
         if not torch.isfinite(loss):
             raise OutputError(
                 f"training diverged (loss is {float(loss)}) at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}; "
-                "lower the learning rate (e.g. --lr 1e-4) or check the images for extreme values")
+                "lower the learning rate (e.g. 1e-4, --lr) or check the images for extreme values")
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -659,7 +659,7 @@ def _prepare_model_dir(model_dir: Path, resume: bool, overwrite: bool) -> None:
         if existing and not overwrite:
             raise OutputError(
                 f"{model_dir} already holds a model ({', '.join(sorted(existing))}); choose another folder, "
-                "resume it with --resume, or replace it with --overwrite")
+                "resume it (--resume), or replace it (--overwrite)")
         if overwrite:
             for name in existing:
                 (model_dir / name).unlink()
