@@ -66,18 +66,8 @@ class TqdmProgress:
             self._bar = None
 
 
-TIFF_SUFFIXES = (".tif", ".tiff")
-
-
 def collect_inputs(paths: Sequence[str]) -> list[Path]:
     """Files as given; a folder stands for the TIFF stacks inside it (sorted by name)."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir() and p.suffix.lower() != ".zarr":
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES and not f.name.startswith("."))
-            if not found:
-                raise ConfigError(f"{p} holds no .tif files; give image files or a folder of TIFF stacks")
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
+    from ..engine.volume_io import expand_stack_paths
+
+    return expand_stack_paths(paths, "input")

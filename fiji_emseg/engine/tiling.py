@@ -84,6 +84,12 @@ class AxisPlan:
                 w[t - h_hi - r_hi:t - h_hi] *= np.cos(0.5 * np.pi * q) ** 2
         return w.astype(np.float32)
 
+    @cached_property
+    def profile_id(self) -> tuple[int, ...]:
+        """Per tile, the index of its weight profile among the distinct ones (for caching)."""
+        seen: dict[bytes, int] = {}
+        return tuple(seen.setdefault(w.tobytes(), len(seen)) for w in self.weights)
+
     @property
     def computed(self) -> int:
         return len(self.starts) * self.tile
@@ -142,9 +148,17 @@ class TilingPlan:
             yield iz, zs, yx
 
     def weight(self, iz: int, iy: int, ix: int) -> np.ndarray:
-        """(tz, ty, tx) blending weight of one tile (separable)."""
-        wz, wy, wx = self.z.weights[iz], self.y.weights[iy], self.x.weights[ix]
-        return wz[:, None, None] * wy[None, :, None] * wx[None, None, :]
+        """(tz, ty, tx) blending weight of one tile (separable), cached: tiles share a few profiles."""
+        key = (self.z.profile_id[iz], self.y.profile_id[iy], self.x.profile_id[ix])
+        cache = self._weight_cache
+        if key not in cache:
+            wz, wy, wx = self.z.weights[iz], self.y.weights[iy], self.x.weights[ix]
+            cache[key] = wz[:, None, None] * wy[None, :, None] * wx[None, None, :]
+        return cache[key]
+
+    @cached_property
+    def _weight_cache(self) -> dict[tuple[int, int, int], np.ndarray]:
+        return {}
 
 
 def plan_tiling(shape: Sequence[int], tile: Sequence[int], overlap: Sequence[int], multiple: Sequence[int],

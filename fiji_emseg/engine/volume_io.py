@@ -8,7 +8,9 @@ so a stack saved here opens in Fiji with the right voxel size. Volumes can be op
 
 from __future__ import annotations
 
+import contextlib
 import math
+import mmap
 import queue
 import re
 import threading
@@ -31,6 +33,7 @@ __all__ = [
     "write_volume",
     "StackWriter",
     "IMAGEJ_DTYPES",
+    "expand_stack_paths",
 ]
 
 #: Pixel types ImageJ can display without conversion.
@@ -84,6 +87,21 @@ class ArrayLike3D(Protocol):
     def __getitem__(self, key: Any) -> Any: ...
 
 
+def _private_copy_and_release(mapped: np.memmap, data: Any) -> np.ndarray:
+    """Copy a slab out of a memory map, then let the kernel drop the mapped pages from our RSS.
+
+    Read pages of a file mapping otherwise stay counted as resident memory of this process, so
+    predicting a 100 GB ``.npy`` would *look* like a 100 GB process to memory monitors and
+    job schedulers, although the pages are only reclaimable file cache.
+    """
+    out = np.array(data, copy=True)
+    mm = getattr(mapped, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):
+            mm.madvise(mmap.MADV_DONTNEED)
+    return out
+
+
 class LazyVolume:
     """A (Z, Y, X) view of a stored array whose extra singleton axes are hidden.
 
@@ -113,7 +131,10 @@ class LazyVolume:
         it = iter(key)
         full = tuple(next(it) if ax in ("z", "y", "x") else ax for ax in self._index)
         try:
-            return np.asarray(self._array[full])
+            data = self._array[full]
+            if isinstance(self._array, np.memmap):
+                return _private_copy_and_release(self._array, data)
+            return np.asarray(data)
         except (IndexError, TypeError, MemoryError, EmsegError):
             raise
         except Exception as exc:  # codecs and tifffile raise many types for damaged data
@@ -412,6 +433,25 @@ def read_volume(source: str | Path | np.ndarray | ArrayLike3D,
     finally:
         if isinstance(source, (str, Path)):
             vol.close()
+
+
+def expand_stack_paths(paths: Sequence[str | Path], what: str = "input", folder_ok: bool = True) -> list[Path]:
+    """Files as given; a folder stands for the TIFF stacks inside it, sorted by name (batch runs)."""
+    out: list[Path] = []
+    for entry in paths:
+        p = Path(entry).expanduser()
+        if not p.exists():
+            raise InputDataError(f"{what}: {entry} does not exist; check the path")
+        if p.is_dir() and p.suffix.lower() != ".zarr":
+            if not folder_ok:
+                raise InputDataError(f"{what}: {entry} is a folder; give a file")
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES and not f.name.startswith("."))
+            if not found:
+                raise InputDataError(f"{what}: the folder {entry} holds no .tif file; give TIFF stacks")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
 
 
 # --------------------------------------------------------------------------- writing
