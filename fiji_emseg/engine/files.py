@@ -88,6 +88,8 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterat
         if path.exists() and not overwrite:  # appeared while we were working
             raise OutputError(f"{path} was created by someone else meanwhile; nothing was overwritten")
         _fsync_file(tmp)
+        with contextlib.suppress(OSError):  # some writers (safetensors) recreate the file as 0600
+            os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
         _fsync_dir(parent)
     except OSError as exc:
