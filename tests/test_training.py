@@ -123,6 +123,24 @@ def test_keep_best_saves_the_best_epoch_not_the_last(tmp_path: Path, monkeypatch
         assert any(not torch.equal(cp[k], final[k]) for k in final)
 
 
+def test_thresholds_are_calibrated_on_validation_data_and_used(tmp_path: Path) -> None:
+    sample = blob_sample((8, 96, 96), seed=0)
+    r = train_model([sample], tmp_path / "m", model_config=TINY, config=tiny_cfg(epochs=2, steps_per_epoch=10))
+    info = json.loads((tmp_path / "m" / "config.json").read_text())["training"]
+    t = info["thresholds"]["bright"]
+    assert 0.05 <= t <= 0.95 and info["f1_calibrated"]["bright"] >= info["f1_at_0.5"]["bright"]
+    assert info["f1_calibrated"]["bright"] - info["f1_at_0.5"]["bright"] >= 0.002 or t == 0.5
+    with Predictor(tmp_path / "m", PredictConfig(device="cpu")) as p:
+        assert p.thresholds() == (t,)
+        assert p.predict(sample.image[:1]).plan["thresholds"] == {"bright": t}
+    with Predictor(tmp_path / "m", PredictConfig(device="cpu", thresholds=0.3)) as p:
+        assert p.thresholds() == (0.3,)  # a threshold given by the user wins
+    off = train_model([sample], tmp_path / "n", model_config=TINY,
+                      config=tiny_cfg(epochs=1, calibrate_thresholds=False))
+    assert "thresholds" not in json.loads((off.model_dir / "config.json").read_text())["training"]
+    assert r.status == "completed"
+
+
 def test_keep_best_off_saves_the_last_epoch(tmp_path: Path) -> None:
     cfg = tiny_cfg(epochs=3, keep_best=False)
     train_model([blob_sample()], tmp_path / "m", model_config=TINY, config=cfg)
@@ -291,6 +309,7 @@ def test_time_limit_stops_and_anneals_the_learning_rate(tmp_path: Path) -> None:
     assert r.status == "time-limit" and time.monotonic() - t0 < 60
     assert 1 <= r.epochs_run < 1000 and r.files["weights"].exists()
     assert rec.steps[-1].lr < 0.2 * rec.steps[0].lr  # cosine over the 3-second budget, not over 5000 steps
+    assert all(r.eta_s <= 3.0 for r in [*rec.steps, *rec.epochs])  # ETA bounded by the budget, not 1000 epochs
 
 
 def test_early_stopping_stops(tmp_path: Path) -> None:

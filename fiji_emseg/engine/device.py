@@ -2,7 +2,9 @@
 
 ``auto`` picks a CUDA GPU when one is usable, then Apple's MPS, then the CPU. On CUDA, mixed
 precision defaults to bf16 where the GPU supports it (no loss scaling needed) and fp16 with a
-gradient scaler otherwise; on CPU it is off, because CPUs without bf16 units run it slower.
+gradient scaler otherwise. On CPUs with native bf16 instructions (AVX512-BF16, AMX) it is bf16:
+measured here, the default model trains 2.3x faster per step (2.4 s instead of 5.6 s for batch 8
+of 256x256 on 2 Zen 4 cores). On other CPUs it is off, because emulated bf16 is slower.
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["DeviceChoice", "choose_device"]
+__all__ = ["DeviceChoice", "choose_device", "native_cpu_bf16"]
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (oneDNN then runs bf16 convolutions fast)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(bool(getattr(torch.cpu, name)()) for name in checks if hasattr(torch.cpu, name))
+    except Exception:  # private helpers: absent or failing on other builds
+        return False
 
 
 @dataclass(frozen=True)
@@ -41,8 +52,13 @@ class DeviceChoice:
         return f"{name}, {amp}" + (", channels_last" if self.channels_last else "")
 
 
-def choose_device(device: str = "auto", amp: str = "auto", channels_last: bool | None = None) -> DeviceChoice:
-    """Resolve user settings (``auto``/``cpu``/``cuda``/``cuda:1``/``mps``; ``auto``/``bf16``/``fp16``/``off``)."""
+def choose_device(device: str = "auto", amp: str = "auto", channels_last: bool | None = None,
+                  dims: int = 2) -> DeviceChoice:
+    """Resolve user settings (``auto``/``cpu``/``cuda``/``cuda:1``/``mps``; ``auto``/``bf16``/``fp16``/``off``).
+
+    ``channels_last`` left on auto is used on GPUs, and on CPUs for 2D models only: oneDNN's
+    channels_last_3d bf16 training kernels intermittently returned NaN here (torch 2.13, Zen 4).
+    """
     if device == "auto":
         if torch.cuda.is_available():
             dev = torch.device("cuda")
@@ -74,8 +90,10 @@ def choose_device(device: str = "auto", amp: str = "auto", channels_last: bool |
         amp_dtype = torch.float16
     elif dev.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:  # CPU, and MPS where fp16 training without a loss scaler is not safe
+    elif dev.type == "cpu" and native_cpu_bf16():
+        amp_dtype = torch.bfloat16
+    else:  # other CPUs (emulated bf16 is slow), and MPS where fp16 without a loss scaler is not safe
         amp_dtype = None
     if channels_last is None:
-        channels_last = dev.type in ("cuda", "cpu")
+        channels_last = dev.type == "cuda" or (dev.type == "cpu" and dims == 2)
     return DeviceChoice(dev, amp_dtype, channels_last)

@@ -60,6 +60,9 @@ class TrainConfig:
     channels_last: bool | None = None
     #: Training batches used to re-estimate BatchNorm statistics before each validation.
     bn_recalibration_batches: int = 16
+    #: Choose each class's mask threshold on validation data after training (sigmoid models);
+    #: prediction then uses it unless a threshold is given.
+    calibrate_thresholds: bool = True
     #: Stop after this many minutes of training (the last, partial epoch is validated and kept);
     #: cosine/poly schedules then anneal over the time budget. None = no limit.
     time_limit_minutes: float | None = None

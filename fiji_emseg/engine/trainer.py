@@ -263,7 +263,7 @@ class _Trainer:
             torch.set_num_threads(int(config.threads))
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.choice = choose_device(config.device, config.amp, config.channels_last)
+        self.choice = choose_device(config.device, config.amp, config.channels_last, self.dims)
         torch.manual_seed(self.seed)
         self.model = module if module is not None else build_model(model_config)
         if init_from is not None:
@@ -525,7 +525,7 @@ class _Trainer:
                         elapsed = self.elapsed()
                         rate = elapsed / max(1, done - start_step) if done > start_step else 0.0
                         self.cb.on_step(StepReport(self.epoch + 1, cfg.epochs, self.step_in_epoch, steps, loss,
-                                                   self._lr(), elapsed, rate * (total - done)))
+                                                   self._lr(), elapsed, self._eta(rate * (total - done))))
                         if time.monotonic() - self.last_checkpoint > cfg.checkpoint_minutes * 60:
                             self.save_checkpoint(stream.resume_state)
                         if limit is not None and self.elapsed() >= limit:
@@ -547,6 +547,12 @@ class _Trainer:
             stream.close()
         return self._finish(status)
 
+    def _eta(self, by_steps: float) -> float:
+        """Time to the end: the steps left, or the time budget left if that ends first."""
+        if self.cfg.time_limit_minutes:
+            return max(0.0, min(by_steps, self.cfg.time_limit_minutes * 60 - self.elapsed()))
+        return by_steps
+
     def _lr(self) -> float:
         return float(self.opt.param_groups[0]["lr"])
 
@@ -557,7 +563,7 @@ class _Trainer:
         loss = self.loss_fn(logits, y, v)
         if not torch.isfinite(loss):
             raise OutputError(
-                f"training diverged (loss is {float(loss)}) at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}; "
+                f"training diverged (loss is {float(loss.detach())}) at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}; "
                 "lower the learning rate (e.g. 1e-4, --lr) or check the images for extreme values")
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -598,7 +604,7 @@ class _Trainer:
         elapsed = self.elapsed()
         done_steps = self.epoch * cfg.steps_per_epoch
         per_step = elapsed / max(1, done_steps - start_step) if done_steps > start_step else 0.0
-        eta = per_step * (cfg.total_steps - done_steps)
+        eta = self._eta(per_step * (cfg.total_steps - done_steps))
         row: dict[str, Any] = {"epoch": self.epoch, "loss": train_loss, "val_loss": val_loss}
         for c, f in val_f1.items():
             row[f"val_f1_{c}"] = f
@@ -618,14 +624,61 @@ class _Trainer:
                                          is_best, self.best_epoch))
         return bool(cfg.early_stopping and self.bad_epochs >= cfg.early_stopping)
 
+    def calibrate_thresholds(self) -> dict[str, Any]:
+        """Per-class mask thresholds that maximise F1 on random validation patches, with the best weights.
+
+        The patches are drawn without label focus, so they sample the validation region as prediction
+        will see it. A threshold moves away from 0.5 only when it gains at least 0.002 in F1.
+        """
+        if not (self.has_val and self.cfg.calibrate_thresholds and self.mc.output == "sigmoid"):
+            return {}
+        load_weights(self.model, self.model_dir / WEIGHTS_NAME)
+        vvols = [TrainingVolume.prepare(s, self.norm, self.mc.output) for s in self.val_samples]
+        sampler = PatchSampler(vvols, self.cfg.patch_size, 0.0, self.cfg.augment, self.dims)
+        rng = np.random.default_rng([self.seed, 3])
+        grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
+        n = self.mc.n_classes
+        tp, fp, fn = (np.zeros((len(grid), n)) for _ in range(3))
+        thr = torch.tensor(grid, dtype=torch.float32, device=self.choice.device).view(-1, 1, 1, *([1] * self.dims))
+        self.model.eval()
+        with torch.no_grad():
+            for _ in range(max(2, 2 * self.cfg.val_steps)):
+                x, y, v = _to_device(sampler.batch(self.cfg.batch_size, rng, augment=False), self.choice, self.dims)
+                with self.choice.autocast():
+                    probs = torch.sigmoid(self.model(x).float())
+                pred = probs.unsqueeze(0) > thr  # (T, N, C, ...)
+                ref = y.bool().unsqueeze(0)
+                if v is not None:
+                    vv = v.unsqueeze(1).unsqueeze(0)
+                    pred, ref = pred & vv, ref & vv
+                dims = [1, *range(3, pred.ndim)]
+                tp += (pred & ref).sum(dims).cpu().numpy()
+                fp += (pred & ~ref).sum(dims).cpu().numpy()
+                fn += (~pred & ref).sum(dims).cpu().numpy()
+        self.model.train()
+        f1 = _f1_scores(tp, fp, fn)  # (T, C)
+        half = int(np.argmin(np.abs(grid - 0.5)))
+        out: dict[str, Any] = {"thresholds": {}, "f1_at_0.5": {}, "f1_calibrated": {}}
+        for k, cls in enumerate(self.mc.classes):
+            best = int(np.argmax(f1[:, k]))
+            if f1[best, k] - f1[half, k] < 0.002:
+                best = half
+            out["thresholds"][cls] = float(grid[best])
+            out["f1_at_0.5"][cls] = float(f1[half, k])
+            out["f1_calibrated"][cls] = float(f1[best, k])
+        self.cb.on_message("mask thresholds chosen on validation data: " + ", ".join(
+            f"{c} {t:.2f} (F1 {out['f1_at_0.5'][c]:.3f} -> {out['f1_calibrated'][c]:.3f})" for c, t in out["thresholds"].items()))
+        return out
+
     def _finish(self, status: str) -> TrainResult:
         weights = self.model_dir / WEIGHTS_NAME
         if not weights.exists():  # stopped before the first epoch ended: keep what there is
             recalibrate_batchnorm(self.model, self._bn_batches(), self.choice)
             save_weights(self.model, weights)
+        calibration = self.calibrate_thresholds() if status != "interrupted" else {}
         rf = measure_config_receptive_field(self.mc) if self.mc.architecture == "unet" else None
         elapsed = self.elapsed()
-        info = self._info(status, {"duration_s": round(elapsed, 1)})
+        info = self._info(status, {"duration_s": round(elapsed, 1), **calibration})
         info.receptive_field = rf
         write_model_info(self.model_dir, info)
         result = TrainResult(
