@@ -55,6 +55,8 @@ class TrainRequest:
     resume_epochs: int | None = None
     export_onnx: bool = True
     fp16_export: bool = False
+    #: Also write a verified int8 model for fast CPU prediction (calibrated on the training data).
+    int8_export: bool = True
     trust_custom_code: bool = False
 
     @classmethod
@@ -94,7 +96,8 @@ class TrainRequest:
                    val_masks=a.val_masks or [], val_dataset=a.val_dataset, model=model, train=train_cfg,
                    normalization=norm, init_from=a.init_from, resume=a.resume, overwrite=a.overwrite,
                    resume_epochs=a.epochs if a.resume else None,
-                   export_onnx=not a.no_export, fp16_export=a.fp16_export, trust_custom_code=a.trust_custom_code)
+                   export_onnx=not a.no_export, fp16_export=a.fp16_export, int8_export=not a.no_int8,
+                   trust_custom_code=a.trust_custom_code)
 
 
 def load_samples(images: Sequence[Any], masks: Sequence[Sequence[Any]], class_names: Sequence[str] | None = None,
@@ -138,21 +141,46 @@ def train(request: TrainRequest, callbacks: Sequence[Callback] = ()) -> TrainRes
                          val_samples=val or None, init_from=r.init_from, resume=r.resume, overwrite=r.overwrite,
                          epochs=r.resume_epochs if r.resume else None, callbacks=callbacks)
     if r.export_onnx and result.status != "interrupted":
-        exported = export_trained_model(result.model_dir, fp16=r.fp16_export, trust_custom_code=r.trust_custom_code)
-        if exported is not None:
-            result.files["onnx"] = exported
+        result.files.update(export_trained_model(
+            result.model_dir, fp16=r.fp16_export, trust_custom_code=r.trust_custom_code,
+            int8_from=(samples, val or samples) if r.int8_export else None))
     return result
 
 
-def export_trained_model(model_dir: str | Path, *, fp16: bool = False, trust_custom_code: bool = False) -> Path | None:
-    """ONNX next to freshly trained weights; a failure only warns (prediction then exports on the fly)."""
+def export_trained_model(model_dir: str | Path, *, fp16: bool = False, trust_custom_code: bool = False,
+                         int8_from: tuple[Sequence[Sample], Sequence[Sample]] | None = None,
+                         log: Any = None) -> dict[str, Path]:
+    """ONNX (and, from training data, a verified int8 copy) next to freshly trained weights.
+
+    ``int8_from`` is (calibration samples, verification samples). A failure only warns: the
+    weights are safe, and prediction exports on the fly.
+    """
+    from .engine.model_store import read_model_info
     from .export.onnx_export import export_onnx
 
+    files: dict[str, Path] = {}
     try:
-        return export_onnx(model_dir, overwrite=True, fp16=fp16, trust_custom_code=trust_custom_code).path
+        files["onnx"] = export_onnx(model_dir, overwrite=True, fp16=fp16, trust_custom_code=trust_custom_code).path
     except Exception as exc:  # the trained weights are safe either way
         warnings.warn(f"ONNX export failed ({exc}); prediction will export on the fly", EmsegWarning, stacklevel=2)
-        return None
+        return files
+    if int8_from is not None:
+        from .export.quantize import quantize_int8, tiles_from_samples
+
+        try:
+            info = read_model_info(model_dir)
+            patch = info.training.get("config", {}).get("patch_size") or [256, 256]
+            calib = tiles_from_samples(int8_from[0], info, patch, 32, seed=11)
+            check = tiles_from_samples(int8_from[1], info, patch, 16, seed=12)
+            report = quantize_int8(model_dir, calib, check)
+            files["int8"] = report.path
+            if log is not None:
+                log(report.summary())
+            if not report.verified:
+                warnings.warn(report.summary(), EmsegWarning, stacklevel=2)
+        except Exception as exc:  # int8 is an optimisation; fp32 remains
+            warnings.warn(f"int8 quantisation failed ({exc}); CPU prediction uses fp32", EmsegWarning, stacklevel=2)
+    return files
 
 
 def export(model_dir: str | Path, output: str | Path | None = None, **options: Any) -> Any:

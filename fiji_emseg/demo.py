@@ -49,6 +49,9 @@ class DemoResult:
 def run_demo(output_dir: str | Path = "emseg_demo", *, preset: str = "standard", overwrite: bool = False,
              seed: int = 0, callbacks: Sequence[Callback] = (), log: Callable[[str], None] = print) -> DemoResult:
     """Generate data, train, predict, evaluate and draw; see the module docstring."""
+    import numpy as np
+
+    from .api import export_trained_model
     from .engine.evaluation import evaluate
     from .engine.model_config import ModelConfig
     from .engine.overlay import write_overlay_png
@@ -57,7 +60,6 @@ def run_demo(output_dir: str | Path = "emseg_demo", *, preset: str = "standard",
     from .engine.train_config import TrainConfig
     from .engine.trainer import train_model
     from .engine.volume_io import read_volume, write_volume
-    from .export.onnx_export import export_onnx
 
     if preset not in DEMO_PRESETS:
         raise OutputError(f"unknown demo preset {preset!r}; use {', '.join(DEMO_PRESETS)}")
@@ -87,7 +89,7 @@ def run_demo(output_dir: str | Path = "emseg_demo", *, preset: str = "standard",
     model_config = ModelConfig(classes=train_sample.class_names, **p["model"])
     result = train_model([train_sample], model_dir, model_config=model_config,
                          config=TrainConfig(seed=seed, **p["train_cfg"]), callbacks=callbacks)
-    export_onnx(model_dir)
+    export_trained_model(model_dir, int8_from=([train_sample], [train_sample]), log=log)
     files["model"] = model_dir
 
     log("3/4 predicting the independent test stack")
@@ -107,8 +109,6 @@ def run_demo(output_dir: str | Path = "emseg_demo", *, preset: str = "standard",
     iou = dict(zip(report.summary["class"], (float(v) for v in report.summary["iou"]), strict=True))
 
     z = test_sample.shape[0] // 2
-    import numpy as np
-
     pred_masks = np.stack([read_volume(prediction[c])[0][z] > 0 for c in test_sample.class_names]).astype(np.uint8)
     assert test_sample.masks is not None
     files["overlay"] = write_overlay_png(

@@ -3,7 +3,7 @@
 #@ String (label="Or: image file or folder (batch)", value="", description="A TIFF stack or a folder of them; when set it is used instead of the image window and results are written to the output folder") image_file
 #@ File (label="Model folder", style="directory", description="A folder written by Train EM Model (or emseg train)") model_folder
 #@ String (label="Output folder (optional for windows)", value="", description="Where <name>_<class>_mask.tif files are written; required with an image file") output_folder
-#@ Double (label="Mask threshold (sigmoid models)", value=0.5, min=0.001, max=0.999, stepSize=0.05) threshold
+#@ Double (label="Mask threshold (0: the model's own)", value=0.0, min=0.0, max=0.999, stepSize=0.05, description="For sigmoid models; 0 uses the threshold chosen on validation data at training (else 0.5)") threshold
 #@ Integer (label="Remove objects smaller than (voxels)", value=0, min=0) min_size
 #@ Integer (label="Fill holes up to (voxels)", value=0, min=0) fill_holes
 #@ Boolean (label="Test-time augmentation (slower)", value=false) tta

@@ -89,7 +89,7 @@ def test_tiled_equals_whole_image(models: dict[str, Path], kind: str, shape: tup
                                   tile: tuple[int, ...] | None, backend: str, blend: str) -> None:
     vol = _vol(shape)
     ref = whole_image(models[kind], vol)
-    p = Predictor(models[kind], PredictConfig(tile=tile, blend=blend, backend=backend, device="cpu"))
+    p = Predictor(models[kind], PredictConfig(tile=tile, blend=blend, backend=backend, device="cpu", precision="fp32"))
     plan = p.plan(shape)
     if tile is not None:
         assert plan.n_tiles > 1
@@ -103,9 +103,9 @@ def test_tiled_equals_whole_image(models: dict[str, Path], kind: str, shape: tup
 def test_small_overlap_is_allowed_but_not_exact(models: dict[str, Path]) -> None:
     vol = _vol((1, 200, 200))
     ref = whole_image(models["2d"], vol)
-    p = Predictor(models["2d"], PredictConfig(tile=(64, 64), overlap=8, device="cpu"))
+    p = Predictor(models["2d"], PredictConfig(tile=(64, 64), overlap=8, device="cpu", precision="fp32"))
     diff = np.abs(p.predict_block(vol, (0, 1)) - ref).max()
-    exact = np.abs(Predictor(models["2d"], PredictConfig(tile=(64, 64), device="cpu")).predict_block(vol, (0, 1)) - ref).max()
+    exact = np.abs(Predictor(models["2d"], PredictConfig(tile=(64, 64), device="cpu", precision="fp32")).predict_block(vol, (0, 1)) - ref).max()
     assert exact < 1e-5 < diff  # only the default overlap makes tiling exact
     with pytest.raises(ConfigError, match="too small for this model's receptive field.*at least"):
         Predictor(models["3d"], PredictConfig(tile=(16, 48, 64), device="cpu")).plan((40, 100, 100))
@@ -115,7 +115,7 @@ def test_outputs_on_disk_with_calibration(models: dict[str, Path], tmp_path: Pat
     vol = _vol((4, 70, 90))
     cal = Calibration((0.05, 0.0046, 0.0046), "micron")
     write_volume(tmp_path / "stack.tif", vol, cal)
-    cfg = PredictConfig(device="cpu", outputs=("masks", "probabilities"), thresholds={"a": 0.3, "b": 0.7},
+    cfg = PredictConfig(device="cpu", precision="fp32", outputs=("masks", "probabilities"), thresholds={"a": 0.3, "b": 0.7},
                         probability_dtype="uint8")
     result = predict(models["2d"], tmp_path / "stack.tif", tmp_path / "out", config=cfg)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
@@ -137,7 +137,7 @@ def test_outputs_on_disk_with_calibration(models: dict[str, Path], tmp_path: Pat
 def test_softmax_labels_and_in_memory_xarray(models: dict[str, Path]) -> None:
     vol = _vol((3, 50, 60))
     cal = Calibration((2.0, 0.5, 0.5), "nm")
-    res = predict(models["softmax"], vol, config=PredictConfig(device="cpu", outputs=("probabilities", "masks", "labels")),
+    res = predict(models["softmax"], vol, config=PredictConfig(device="cpu", precision="fp32", outputs=("probabilities", "masks", "labels")),
                   calibration=cal)
     probs = whole_image(models["softmax"], vol)
     labels = res.labels
@@ -154,7 +154,7 @@ def test_zarr_output(models: dict[str, Path], tmp_path: Path) -> None:
     import zarr
 
     vol = _vol((3, 40, 40))
-    predict(models["2d"], vol, tmp_path, config=PredictConfig(device="cpu", storage="zarr", outputs=("masks",)), name="x")
+    predict(models["2d"], vol, tmp_path, config=PredictConfig(device="cpu", precision="fp32", storage="zarr", outputs=("masks",)), name="x")
     group = zarr.open_group(str(tmp_path / "x.zarr"), mode="r")
     assert group["masks"].shape == (2, 3, 40, 40) and group.attrs["classes"] == ["a", "b"]
     assert np.array_equal(np.asarray(group["masks"][0]), (whole_image(models["2d"], vol)[0] > 0.5).astype(np.uint8))
@@ -163,9 +163,9 @@ def test_zarr_output(models: dict[str, Path], tmp_path: Path) -> None:
 @pytest.mark.parametrize("per_slice", [True, False])
 def test_cleanup_is_applied(models: dict[str, Path], tmp_path: Path, per_slice: bool) -> None:
     vol = _vol((3, 64, 64), seed=3)
-    raw = predict(models["2d"], vol, config=PredictConfig(device="cpu")).masks.values
+    raw = predict(models["2d"], vol, config=PredictConfig(device="cpu", precision="fp32")).masks.values
     cleanup = CleanupConfig(min_object_size=30, per_slice=per_slice)
-    cleaned = predict(models["2d"], vol, config=PredictConfig(device="cpu", cleanup=cleanup)).masks.values
+    cleaned = predict(models["2d"], vol, config=PredictConfig(device="cpu", precision="fp32", cleanup=cleanup)).masks.values
     assert cleaned.sum() < raw.sum() and not (cleaned & ~raw).any()
     from scipy import ndimage as ndi
 
@@ -173,7 +173,7 @@ def test_cleanup_is_applied(models: dict[str, Path], tmp_path: Path, per_slice: 
     sizes = np.bincount(lab.ravel())[1:]
     assert n == 0 or sizes.min() >= 30
     out = tmp_path / "new" / "folder"  # created on demand, also for the 3D clean-up's scratch file
-    predict(models["2d"], vol, out, config=PredictConfig(device="cpu", cleanup=cleanup, outputs=("masks",)), name="c")
+    predict(models["2d"], vol, out, config=PredictConfig(device="cpu", precision="fp32", cleanup=cleanup, outputs=("masks",)), name="c")
     on_disk, _ = read_volume(out / "c_a_mask.tif")
     assert np.array_equal(on_disk > 0, cleaned[..., 0].astype(bool))
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # temporary files removed
@@ -181,8 +181,8 @@ def test_cleanup_is_applied(models: dict[str, Path], tmp_path: Path, per_slice: 
 
 def test_tta_is_close_to_plain_and_symmetric(models: dict[str, Path]) -> None:
     vol = _vol((1, 64, 64))
-    p_plain = Predictor(models["2d"], PredictConfig(device="cpu", outputs=("probabilities",)))
-    p_tta = Predictor(models["2d"], PredictConfig(device="cpu", tta=True, outputs=("probabilities",)))
+    p_plain = Predictor(models["2d"], PredictConfig(device="cpu", precision="fp32", outputs=("probabilities",)))
+    p_tta = Predictor(models["2d"], PredictConfig(device="cpu", precision="fp32", tta=True, outputs=("probabilities",)))
     a = p_plain.predict(vol).probabilities.values
     b = p_tta.predict(vol).probabilities.values
     b_flipped = p_tta.predict(vol[:, ::-1].copy()).probabilities.values[:, ::-1]
@@ -192,7 +192,7 @@ def test_tta_is_close_to_plain_and_symmetric(models: dict[str, Path]) -> None:
 
 def test_onnx_and_torch_backends_agree(models: dict[str, Path]) -> None:
     vol = _vol((2, 80, 80))
-    outs = [Predictor(models["2d"], PredictConfig(device="cpu", backend=b)).predict_block(vol, (0, 2))
+    outs = [Predictor(models["2d"], PredictConfig(device="cpu", precision="fp32", backend=b)).predict_block(vol, (0, 2))
             for b in ("onnxruntime", "torch")]
     assert np.abs(outs[0] - outs[1]).max() < 1e-4
 
@@ -231,23 +231,23 @@ def test_corrupt_or_incompatible_models_name_the_file(models: dict[str, Path], t
     rgb = tmp_path / "rgb.tif"
     tifffile.imwrite(rgb, np.zeros((40, 40, 3), np.uint8), photometric="rgb")
     with pytest.raises(Exception, match="RGB"):
-        predict(models["2d"], rgb, config=PredictConfig(device="cpu"))
+        predict(models["2d"], rgb, config=PredictConfig(device="cpu", precision="fp32"))
 
 
 def test_existing_outputs_are_kept_and_nothing_is_half_written(models: dict[str, Path], tmp_path: Path) -> None:
     vol = _vol((2, 40, 40))
     (tmp_path / "x_b_mask.tif").write_bytes(b"user file")
     with pytest.raises(OutputError, match="x_b_mask.tif already exists"):
-        predict(models["2d"], vol, tmp_path, config=PredictConfig(device="cpu"), name="x")
+        predict(models["2d"], vol, tmp_path, config=PredictConfig(device="cpu", precision="fp32"), name="x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x_b_mask.tif"]  # nothing else was written
     assert (tmp_path / "x_b_mask.tif").read_bytes() == b"user file"
-    predict(models["2d"], vol, tmp_path, config=PredictConfig(device="cpu"), name="x", overwrite=True)
+    predict(models["2d"], vol, tmp_path, config=PredictConfig(device="cpu", precision="fp32"), name="x", overwrite=True)
     assert read_volume(tmp_path / "x_b_mask.tif")[0].shape == (2, 40, 40)
 
 
 def test_model_folder_without_onnx_is_exported_on_the_fly(tmp_path: Path) -> None:
     folder = random_model_dir(tmp_path / "m", ModelConfig(classes=("a",), depth=2, filters=4))
-    res = predict(folder, _vol((1, 32, 32)), config=PredictConfig(device="cpu", backend="onnxruntime"))
+    res = predict(folder, _vol((1, 32, 32)), config=PredictConfig(device="cpu", precision="fp32", backend="onnxruntime"))
     assert res.masks.shape == (1, 32, 32, 1)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "weights.safetensors"]  # left untouched
 

@@ -31,7 +31,6 @@ import numpy as np
 
 from ..engine.cleanup import CleanupConfig
 from ..engine.model_config import ModelConfig
-from ..engine.prediction_output import as_thresholds
 from ..engine.predictor import PredictConfig
 from ..engine.sample import (
     Sample,
@@ -76,11 +75,11 @@ MEASURE_TITLE = "Measure EM Objects"
 # The engine's defaults, which the commands (and the scripts' parameter defaults) repeat.
 _TRAIN = TrainConfig()
 _MODEL = ModelConfig()
-_PREDICT_THRESHOLD = as_thresholds(None, ("class",))[0]  # the engine's when PredictConfig.thresholds is None
+#: 0 = the model's own threshold (calibrated on validation data at training, else 0.5), as in the engine
+_PREDICT_THRESHOLD = 0.0
 #: Table columns holding slice indices: shown 1-based in Fiji.
 _SLICE_COLUMNS = ("slice", "centroid_z", "z_min", "z_max")
 _PRED_TITLE = re.compile(r"^(?P<image>.+) pred (?P<cls>.+)$")
-_TIFF = (".tif", ".tiff")
 
 
 # -- small conversions ---------------------------------------------------------------------------
@@ -183,21 +182,9 @@ def _current_image(what: str) -> Any:
 
 def _files(text: Any, what: str, folder_ok: bool = True) -> list[Path]:
     """Comma-separated files; a folder stands for the TIFF stacks in it (sorted by name)."""
-    out: list[Path] = []
-    for entry in split_list(text):
-        p = Path(entry).expanduser()
-        if not p.exists():
-            raise InputDataError(f"{what}: {entry} does not exist; check the path")
-        if p.is_dir() and p.suffix.lower() != ".zarr":
-            if not folder_ok:
-                raise InputDataError(f"{what}: {entry} is a folder; give a file")
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in _TIFF and not f.name.startswith("."))
-            if not found:
-                raise InputDataError(f"{what}: the folder {entry} holds no .tif file; give TIFF stacks")
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
+    from ..engine.volume_io import expand_stack_paths
+
+    return expand_stack_paths(split_list(text), what, folder_ok)
 
 
 def _mask_source(text: Any, what: str) -> Any:
@@ -358,19 +345,20 @@ def _train(sample: Sample, model_dir: Path, model_config: ModelConfig, config: T
                   f"so far is in {model_dir} (continue it with: emseg train {model_dir} --resume)")
         ij_log(f"{TRAIN_TITLE}: {status}")
         return {"status": status, "model_path": str(model_dir)}
-    _export(model_dir)
+    _export(model_dir, sample)
     ij_log(f"{TRAIN_TITLE}: {result.summary()}")
     return {"status": f"ok: {result.summary()}", "model_path": str(model_dir)}
 
 
-def _export(model_dir: Path) -> None:
-    """ONNX next to the weights, as ``emseg train`` does."""
+def _export(model_dir: Path, sample: Sample) -> None:
+    """ONNX and a verified int8 copy next to the weights, as ``emseg train`` does."""
     from ..api import export_trained_model
 
     jclass("ij.IJ").showStatus(f"{TRAIN_TITLE}: exporting ONNX")
-    exported = export_trained_model(model_dir)
-    if exported is not None:
-        ij_log(f"{TRAIN_TITLE}: exported {exported}")
+    files = export_trained_model(model_dir, int8_from=([sample], [sample]),
+                                 log=lambda text: ij_log(f"{TRAIN_TITLE}: {text}"))
+    for path in files.values():
+        ij_log(f"{TRAIN_TITLE}: exported {path}")
 
 
 # -- Predict EM Model -----------------------------------------------------------------------------
@@ -382,7 +370,8 @@ def predict_command(*, image: Any = None, image_file: str = "", model_folder: st
     """Predict an image window (result windows ``<image> pred <class>``) or files (a stack or a folder
     of stacks, written to ``output_folder`` slice by slice); returns ``status`` and ``mask_titles``.
 
-    ``threshold`` applies to sigmoid models (softmax models take the most probable class);
+    ``threshold`` applies to sigmoid models (softmax models take the most probable class); 0 uses
+    the model's own, chosen on validation data at training (0.5 for models without one);
     ``min_size``/``fill_holes`` (voxels, 0 = off) clean the masks up. With a window,
     ``output_folder`` (optional) also receives the masks as TIFF files.
     """
@@ -400,7 +389,7 @@ def predict_command(*, image: Any = None, image_file: str = "", model_folder: st
         file_mode = bool(_text(image_file))
         kinds = ("masks", "probabilities") if bool(show_probabilities) and not file_mode else ("masks",)
         config = PredictConfig(device=_device(bool(use_gpu)), tta=bool(tta), outputs=kinds,
-                               thresholds=float(threshold), cleanup=cleanup)
+                               thresholds=float(threshold) if float(threshold) > 0 else None, cleanup=cleanup)
         with Predictor(model, config) as predictor:
             mc = predictor.model_config
             ij_log(f"{PREDICT_TITLE}: model {model} ({', '.join(mc.classes)}, {mc.output}); "

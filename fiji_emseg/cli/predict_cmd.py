@@ -49,8 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--backend", choices=("auto", "onnxruntime", "torch"), default="auto",
                    help="auto: ONNX Runtime CUDA, else PyTorch CUDA, else ONNX Runtime CPU (default auto)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    t.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
-                   help="auto: reduced precision on GPUs, fp32 on CPU")
+    t.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8"), default="auto",
+                   help="auto: reduced precision on GPUs; on CPUs the verified int8 model when there is one, else bf16 "
+                        "where the CPU has bf16 units, else fp32")
     t.add_argument("--tile", nargs="+", type=int, metavar="N", help="tile size Y X (2D) or Z Y X (3D); default: 1024 (CPU) / 2048 (GPU)")
     t.add_argument("--overlap", nargs="+", type=int, metavar="N",
                    help="tile overlap in voxels; default 2 x receptive-field radius (exact)")

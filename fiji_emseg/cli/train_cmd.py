@@ -110,6 +110,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--overwrite", action="store_true", help="replace a model already in MODEL_DIR")
     r.add_argument("--no-export", action="store_true", help="do not export model.onnx after training")
     r.add_argument("--fp16-export", action="store_true", help="also export a half-precision model.fp16.onnx for GPUs")
+    r.add_argument("--no-int8", action="store_true",
+                   help="do not write model.int8.onnx (int8 copy for fast CPU prediction, calibrated on the "
+                        "training data and used only when its masks agree with fp32 to >= 0.99 Dice)")
     r.add_argument("--trust-custom-code", action="store_true", help="allow --init-from models with custom architectures")
     add_progress_flags(p)
     p.set_defaults(func=run)
@@ -122,8 +125,8 @@ def run(args: argparse.Namespace) -> int:
     request = TrainRequest.from_cli(args)
     result = train(request, callbacks=[TqdmTrainingCallback(disable=args.quiet)])
     print(result.summary())
-    exported = result.files.get("onnx")
-    if exported is not None:
-        print(f"exported {exported}")
+    for kind in ("onnx", "int8"):
+        if kind in result.files:
+            print(f"exported {result.files[kind]}")
     return 0 if result.status != "interrupted" else 130
 

@@ -31,6 +31,8 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "ONNX_NAME",
+    "FP16_NAME",
+    "INT8_NAME",
     "FORMAT",
     "FORMAT_VERSION",
     "ModelInfo",
@@ -46,6 +48,8 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
 ONNX_NAME = "model.onnx"
+FP16_NAME = "model.fp16.onnx"
+INT8_NAME = "model.int8.onnx"
 FORMAT = "fiji-emseg-model"
 FORMAT_VERSION = 1
 

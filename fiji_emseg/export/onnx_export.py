@@ -22,15 +22,14 @@ import torch
 
 from ..engine.files import atomic_path
 from ..engine.model_config import ModelConfig
-from ..engine.model_store import ONNX_NAME, WEIGHTS_NAME, LoadedModel, load_model
+from ..engine.model_store import FP16_NAME, ONNX_NAME, WEIGHTS_NAME, LoadedModel, load_model
 from ..engine.receptive_field import ReceptiveField
 from ..engine.unet import ProbabilityHead
 from ..errors import ModelFileError
 from .metadata import metadata_props
 
-__all__ = ["ExportReport", "export_onnx", "recommended_tile", "weights_digest", "FP16_NAME"]
+__all__ = ["ExportReport", "export_onnx", "is_current_export", "recommended_tile", "weights_digest", "FP16_NAME"]
 
-FP16_NAME = "model.fp16.onnx"
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 2e-2
 
@@ -60,6 +59,18 @@ def weights_digest(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def is_current_export(onnx_path: str | Path, model_dir: str | Path) -> bool:
+    """Whether *onnx_path* was exported from the weights now in *model_dir* (by content hash)."""
+    from .metadata import read_onnx_metadata
+
+    weights = Path(model_dir) / WEIGHTS_NAME
+    try:
+        meta = read_onnx_metadata(onnx_path)
+    except ModelFileError:
+        return False
+    return bool(meta.weights_sha256) and weights.is_file() and meta.weights_sha256 == weights_digest(weights)
 
 
 def recommended_tile(config: ModelConfig, rf: ReceptiveField, xy: int = 1024, z: int = 32) -> tuple[int, int, int]:
