@@ -458,15 +458,24 @@ class Predictor:
 
     # ------------------------------------------------------------------ public API
 
-    def _prepare(self, image: str | Path | ArrayLike3D | LazyVolume, calibration: Calibration | None) -> tuple[LazyVolume, IntensityStats]:
+    def _prepare(self, image: str | Path | ArrayLike3D | LazyVolume, calibration: Calibration | None,
+                 stats: IntensityStats | None = None) -> tuple[LazyVolume, IntensityStats]:
         vol = open_volume(image, calibration)
         if vol.dtype.kind not in "uifb":
             raise InputDataError(f"{vol.source}: pixel type {vol.dtype} is not grayscale; use 8-, 16- or 32-bit images")
         mc = self.model_config
         if mc.in_channels != 1:
             raise ModelFileError(f"this model expects {mc.in_channels} input channels; fiji-emseg predicts single-channel stacks")
-        stats = compute_stats(vol, self.info.normalization, Path(str(vol.source)).name)
+        if stats is None:
+            stats = compute_stats(vol, self.info.normalization, Path(str(vol.source)).name)
         return vol, stats
+
+    def intensity_stats(self, image: str | Path | ArrayLike3D) -> IntensityStats:
+        """The whole stack's normalisation statistics, to pass to :meth:`predict_block` for each block."""
+        vol, stats = self._prepare(image, None)
+        if isinstance(image, (str, Path)):
+            vol.close()
+        return stats
 
     def thresholds(self) -> tuple[float, ...]:
         """Mask thresholds: as given, else those calibrated on validation data at training, else 0.5."""
@@ -476,24 +485,29 @@ class Predictor:
         return as_thresholds(given, self.model_config.classes)
 
     def predict_block(self, image: str | Path | ArrayLike3D, z_range: tuple[int, int],
-                      calibration: Calibration | None = None) -> np.ndarray:
+                      calibration: Calibration | None = None, stats: IntensityStats | None = None) -> np.ndarray:
         """Network probabilities (K, z1 - z0, Y, X) for slices [z0, z1), from the global tile grid.
 
         A distributed runner can call this per block; the blocks equal the corresponding part of
-        a whole-stack prediction (the intensity statistics are computed on the whole stack).
+        a whole-stack prediction (the intensity statistics are computed on the whole stack, or
+        given once from :meth:`intensity_stats` so that each block does not recompute them).
         """
-        vol, stats = self._prepare(image, calibration)
-        z0, z1 = (int(v) for v in z_range)
-        if not 0 <= z0 < z1 <= vol.shape[0]:
-            raise ConfigError(f"block {z_range} is outside the stack of {vol.shape[0]} slices")
-        plan = self.plan(vol.shape)
-        out = np.empty((self.model_config.out_channels, z1 - z0, *vol.shape[1:]), dtype=np.float32)
+        vol, stats = self._prepare(image, calibration, stats)
+        try:
+            z0, z1 = (int(v) for v in z_range)
+            if not 0 <= z0 < z1 <= vol.shape[0]:
+                raise ConfigError(f"block {z_range} is outside the stack of {vol.shape[0]} slices")
+            plan = self.plan(vol.shape)
+            out = np.empty((self.model_config.out_channels, z1 - z0, *vol.shape[1:]), dtype=np.float32)
 
-        def emit(z: int, probs: np.ndarray) -> None:
-            out[:, z - z0] = probs
+            def emit(z: int, probs: np.ndarray) -> None:
+                out[:, z - z0] = probs
 
-        self._run(vol, plan, stats, emit, (z0, z1))
-        return out
+            self._run(vol, plan, stats, emit, (z0, z1))
+            return out
+        finally:
+            if isinstance(image, (str, Path)):
+                vol.close()
 
     def predict(self, image: str | Path | ArrayLike3D, output_dir: str | Path | None = None, *, name: str | None = None,
                 calibration: Calibration | None = None, overwrite: bool = False,

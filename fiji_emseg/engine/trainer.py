@@ -625,62 +625,35 @@ class _Trainer:
         return bool(cfg.early_stopping and self.bad_epochs >= cfg.early_stopping)
 
     def calibrate_thresholds(self) -> dict[str, Any]:
-        """Per-class mask thresholds that maximise F1 on random validation patches, with the best weights.
-
-        The patches are drawn without label focus, so they sample the validation region as prediction
-        will see it. A threshold moves away from 0.5 only when it gains at least 0.002 in F1.
-        """
+        """Per-class mask thresholds chosen on the validation volumes with the saved (best) weights."""
         if not (self.has_val and self.cfg.calibrate_thresholds and self.mc.output == "sigmoid"):
             return {}
-        load_weights(self.model, self.model_dir / WEIGHTS_NAME)
-        vvols = [TrainingVolume.prepare(s, self.norm, self.mc.output) for s in self.val_samples]
-        sampler = PatchSampler(vvols, self.cfg.patch_size, 0.0, self.cfg.augment, self.dims)
-        rng = np.random.default_rng([self.seed, 3])
-        grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
-        n = self.mc.n_classes
-        tp, fp, fn = (np.zeros((len(grid), n)) for _ in range(3))
-        thr = torch.tensor(grid, dtype=torch.float32, device=self.choice.device).view(-1, 1, 1, *([1] * self.dims))
-        self.model.eval()
-        with torch.no_grad():
-            for _ in range(max(2, 2 * self.cfg.val_steps)):
-                x, y, v = _to_device(sampler.batch(self.cfg.batch_size, rng, augment=False), self.choice, self.dims)
-                with self.choice.autocast():
-                    probs = torch.sigmoid(self.model(x).float())
-                pred = probs.unsqueeze(0) > thr  # (T, N, C, ...)
-                ref = y.bool().unsqueeze(0)
-                if v is not None:
-                    vv = v.unsqueeze(1).unsqueeze(0)
-                    pred, ref = pred & vv, ref & vv
-                dims = [1, *range(3, pred.ndim)]
-                tp += (pred & ref).sum(dims).cpu().numpy()
-                fp += (pred & ~ref).sum(dims).cpu().numpy()
-                fn += (~pred & ref).sum(dims).cpu().numpy()
-        self.model.train()
-        f1 = _f1_scores(tp, fp, fn)  # (T, C)
-        half = int(np.argmin(np.abs(grid - 0.5)))
-        out: dict[str, Any] = {"thresholds": {}, "f1_at_0.5": {}, "f1_calibrated": {}}
-        for k, cls in enumerate(self.mc.classes):
-            best = int(np.argmax(f1[:, k]))
-            if f1[best, k] - f1[half, k] < 0.002:
-                best = half
-            out["thresholds"][cls] = float(grid[best])
-            out["f1_at_0.5"][cls] = float(f1[half, k])
-            out["f1_calibrated"][cls] = float(f1[best, k])
-        self.cb.on_message("mask thresholds chosen on validation data: " + ", ".join(
-            f"{c} {t:.2f} (F1 {out['f1_at_0.5'][c]:.3f} -> {out['f1_calibrated'][c]:.3f})" for c, t in out["thresholds"].items()))
-        return out
+        from .threshold_calibration import calibrate_thresholds
+
+        device = str(self.choice.device) if self.choice.device.type == "cuda" else "cpu"
+        try:
+            result = calibrate_thresholds(self.model_dir, self.val_samples, device,
+                                          trust_custom_code=self.mc.architecture != "unet", log=self.cb.on_message)
+        except Exception as exc:  # an optimisation of the masks: the model is complete without it
+            warnings.warn(f"could not choose mask thresholds on the validation data ({exc}); prediction uses 0.5",
+                          EmsegWarning, stacklevel=2)
+            return {}
+        return result.as_info() if result is not None else {}
 
     def _finish(self, status: str) -> TrainResult:
         weights = self.model_dir / WEIGHTS_NAME
         if not weights.exists():  # stopped before the first epoch ended: keep what there is
             recalibrate_batchnorm(self.model, self._bn_batches(), self.choice)
             save_weights(self.model, weights)
-        calibration = self.calibrate_thresholds() if status != "interrupted" else {}
         rf = measure_config_receptive_field(self.mc) if self.mc.architecture == "unet" else None
         elapsed = self.elapsed()
-        info = self._info(status, {"duration_s": round(elapsed, 1), **calibration})
+        info = self._info(status, {"duration_s": round(elapsed, 1)})
         info.receptive_field = rf
-        write_model_info(self.model_dir, info)
+        write_model_info(self.model_dir, info)  # complete and loadable before thresholds are chosen with it
+        calibration = self.calibrate_thresholds() if status != "interrupted" else {}
+        if calibration:
+            info.training.update(calibration)
+            write_model_info(self.model_dir, info)
         result = TrainResult(
             model_dir=self.model_dir, status=status, epochs_run=self.epoch, best_epoch=self.best_epoch,
             best_metrics=self.best_metrics, history=self.history, duration_s=elapsed, device=self.choice.describe(),
