@@ -143,3 +143,13 @@ def test_export_int8_from_a_calibration_stack(trained: Path, tmp_path: Path, cap
     assert is_verified_int8(copy / INT8_NAME)
     tiles = tiles_from_volume(stack, read_model_info(copy), (1, 64, 64), 3, seed=0)
     assert [t.shape for t in tiles] == [(1, 1, 64, 64)] * 3 and all(t.dtype == np.float32 for t in tiles)
+
+
+def test_int8_agreement_is_judged_at_the_thresholds_prediction_uses() -> None:
+    from fiji_emseg.export.quantize import _masks
+
+    probs = np.array([0.3, 0.6, 0.8], np.float32).reshape(1, 1, 1, 3)  # (N, K, Y, X)
+    assert _masks(probs, "sigmoid", [0.5]).tolist() == [[[[False, True, True]]]]
+    assert _masks(probs, "sigmoid", [0.7]).tolist() == [[[[False, False, True]]]]
+    two = np.concatenate([probs, probs], axis=1)
+    assert _masks(two, "sigmoid", [0.25, 0.7]).reshape(2, 3).tolist() == [[True, True, True], [False, False, True]]

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..engine.files import atomic_path
 from ..engine.model_store import INT8_NAME, ONNX_NAME, WEIGHTS_NAME, read_model_info
+from ..engine.prediction_output import as_thresholds
 from ..errors import ModelFileError
 from .metadata import PREFIX, metadata_props, read_onnx_metadata
 from .onnx_export import _add_metadata, recommended_tile, weights_digest
@@ -56,12 +57,13 @@ class QuantizationReport:
                 f"with fp32 {agree}; max probability difference {self.max_abs_diff:.3f}; {state}")
 
 
-def _masks(probs: np.ndarray, output: str) -> np.ndarray:
+def _masks(probs: np.ndarray, output: str, thresholds: Sequence[float]) -> np.ndarray:
     """(N, K, ...) probabilities → (N, C, ...) boolean masks, as the predictor makes them."""
     if output == "softmax":
         lab = probs.argmax(axis=1)
         return np.stack([lab == k for k in range(1, probs.shape[1])], axis=1)
-    return probs > 0.5
+    t = np.asarray(thresholds, np.float32).reshape(1, -1, *([1] * (probs.ndim - 2)))
+    return probs > t
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -70,8 +72,12 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def int8_agreement(fp32_path: Path, int8_path: Path, tiles: Sequence[np.ndarray], classes: Sequence[str],
-                   output: str) -> tuple[dict[str, float], float]:
-    """Per-class Dice between fp32 and int8 masks over *tiles*, and the largest probability difference."""
+                   output: str, thresholds: Sequence[float] | None = None) -> tuple[dict[str, float], float]:
+    """Per-class Dice between fp32 and int8 masks over *tiles*, and the largest probability difference.
+
+    *thresholds* (sigmoid models) are the mask thresholds prediction will use: 0.5 by default.
+    """
+    thresholds = thresholds if thresholds is not None else [0.5] * len(classes)
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -81,8 +87,8 @@ def int8_agreement(fp32_path: Path, int8_path: Path, tiles: Sequence[np.ndarray]
     for t in tiles:
         ref, q = (s.run(None, {s.get_inputs()[0].name: t})[0] for s in sessions)
         worst = max(worst, float(np.abs(ref - q).max()))
-        ref_masks.append(_masks(ref, output))
-        q_masks.append(_masks(q, output))
+        ref_masks.append(_masks(ref, output, thresholds))
+        q_masks.append(_masks(q, output, thresholds))
     r, q = np.concatenate(ref_masks), np.concatenate(q_masks)
     return {c: _dice(r[:, k], q[:, k]) for k, c in enumerate(classes)}, worst
 
@@ -127,7 +133,10 @@ def quantize_int8(model_dir: str | Path, calibration: Sequence[np.ndarray], veri
         with atomic_path(out, overwrite=overwrite) as target:
             quantize_static(str(pre), str(target), _Reader(meta.input_name, calibration), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            agreement, worst = int8_agreement(fp32, target, verification, info.model.classes, info.model.output)
+            # at the thresholds prediction will use (calibrated at training, else 0.5)
+            thresholds = as_thresholds(info.training.get("thresholds") or None, info.model.classes)
+            agreement, worst = int8_agreement(fp32, target, verification, info.model.classes, info.model.output,
+                                              thresholds)
             verified = min(agreement.values()) >= min_agreement
             props = metadata_props(info, recommended_tile(info.model, meta.receptive_field), "int8",
                                    weights_digest(folder / WEIGHTS_NAME))
@@ -167,17 +176,21 @@ def tiles_from_volume(volume: Any, info: Any, tile: Sequence[int], n: int, seed:
     from ..engine.volume_io import open_volume
 
     vol = open_volume(volume)
-    stats = compute_stats(vol, info.normalization)
-    mz, my, mx = info.model.spatial_multiple
-    t = (1, *tile) if len(tile) == 2 else tuple(tile)
-    t = tuple(min(size, (dim // m) * m or m) for size, dim, m in zip(t, vol.shape, (mz, my, mx), strict=True))
-    if min(t) < 1 or any(d < s for d, s in zip(vol.shape, t, strict=True)):
-        raise ModelFileError(f"the calibration stack {vol.shape} is smaller than one tile {t}; give a larger stack")
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        start = [int(rng.integers(0, d - s + 1)) for d, s in zip(vol.shape, t, strict=True)]
-        raw = vol[tuple(slice(a, a + s) for a, s in zip(start, t, strict=True))]
-        tile_arr = apply_normalization(raw, stats)
-        out.append(tile_arr[None, None] if info.model.dims == 3 else tile_arr[:, None])
-    return out
+    try:
+        stats = compute_stats(vol, info.normalization)
+        mz, my, mx = info.model.spatial_multiple
+        t = (1, *tile) if len(tile) == 2 else tuple(tile)
+        t = tuple(min(size, (dim // m) * m or m) for size, dim, m in zip(t, vol.shape, (mz, my, mx), strict=True))
+        if min(t) < 1 or any(d < s for d, s in zip(vol.shape, t, strict=True)):
+            raise ModelFileError(f"the calibration stack {vol.shape} is smaller than one tile {t}; give a larger stack")
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(n):
+            start = [int(rng.integers(0, d - s + 1)) for d, s in zip(vol.shape, t, strict=True)]
+            raw = vol[tuple(slice(a, a + s) for a, s in zip(start, t, strict=True))]
+            tile_arr = apply_normalization(raw, stats)
+            out.append(tile_arr[None, None] if info.model.dims == 3 else tile_arr[:, None])
+        return out
+    finally:
+        if isinstance(volume, (str, Path)):
+            vol.close()
