@@ -166,23 +166,20 @@ class TorchBackend:
         self.dev = dev
         self.dims = dims
         net = ProbabilityHead(module, output).eval().to(dev)
-        from .device import native_cpu_bf16
+        from .device import choose_device, native_cpu_bf16
 
-        if precision == "auto":
-            if dev.type == "cuda":
-                precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-            else:
-                precision = "bf16" if native_cpu_bf16() else "fp32"
-        if precision not in ("fp32", "bf16", "fp16"):
+        modes = {"auto": "auto", "fp32": "off", "bf16": "bf16", "fp16": "fp16"}
+        if precision not in modes:
             raise ConfigError(f"precision {precision!r} is not available with the torch backend; use auto, fp32, bf16 or fp16")
+        # Training's rules for mixed precision and memory layout: bf16 on GPUs and on CPUs with bf16
+        # units; channels_last on GPUs and for 2D models on CPUs (3.5 s vs 5.1 s per 1024² slice).
+        self.choice = choose_device(str(dev), modes[precision], dims=dims)
+        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.choice.amp_dtype]
         if dev.type == "cpu" and (precision == "fp16" or (precision == "bf16" and not native_cpu_bf16())):
             warnings.warn(f"this CPU has no {precision} units, so {precision} is slower than fp32; using it as asked",
                           EmsegWarning, stacklevel=2)
-        self.amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.precision = precision
-        # Faster on GPUs and with oneDNN on CPUs (3.5 s vs 5.1 s per 1024² slice); not for 3D on CPUs,
-        # where oneDNN's channels_last_3d bf16 kernels intermittently gave NaN (see device.choose_device).
-        self.channels_last = dev.type == "cuda" or dims == 2
+        self.channels_last = self.choice.channels_last
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
         if compile:
@@ -199,10 +196,5 @@ class TorchBackend:
             x = x.pin_memory().to(self.dev, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last if self.dims == 2 else torch.channels_last_3d)
-        with torch.inference_mode():
-            if self.amp is not None:
-                with torch.autocast(device_type=self.dev.type, dtype=self.amp):
-                    y = self.net(x)
-            else:
-                y = self.net(x)
-            return y.float().cpu().numpy()  # type: ignore[no-any-return]
+        with torch.inference_mode(), self.choice.autocast():
+            return self.net(x).float().cpu().numpy()  # type: ignore[no-any-return]
