@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import scores
 from .predictor import PredictConfig, Predictor
 from .sample import Sample
 
@@ -107,12 +108,11 @@ def calibrate_thresholds(model_dir: str | Path, samples: Sequence[Sample], devic
     tp = np.cumsum(fg[:, ::-1], axis=1)[:, ::-1][:, 1:]
     fp = np.cumsum(bg[:, ::-1], axis=1)[:, ::-1][:, 1:]
     fn = fg.sum(axis=1, keepdims=True) - tp
-    denom = 2 * tp + fp + fn
-    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)  # (K, T)
-    half = int(np.argmin(np.abs(THRESHOLD_GRID - 0.5)))
+    f1 = scores(tp, fp, fn, np.zeros_like(tp))["f1"]  # (K, T); both empty counts as agreement
+    nearest_half_first = np.argsort(np.abs(THRESHOLD_GRID - 0.5), kind="stable")
+    half = int(nearest_half_first[0])
     thresholds, at_half, best_f1 = {}, {}, {}
     for k, cls in enumerate(mc.classes):
-        nearest_half_first = np.argsort(np.abs(THRESHOLD_GRID - 0.5), kind="stable")
         best = int(nearest_half_first[np.argmax(f1[k, nearest_half_first])])
         if f1[k, best] - f1[k, half] < min_gain:
             best = half
