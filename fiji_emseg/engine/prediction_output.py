@@ -291,6 +291,12 @@ class PredictionWriter:
             self._tmpdir = None
 
 
+def trained_thresholds(training: dict[str, Any], classes: Sequence[str]) -> tuple[float, ...]:
+    """What a model predicts with when no threshold is given: those chosen on validation data at
+    training (config.json ``training.thresholds``), else 0.5."""
+    return as_thresholds(training.get("thresholds") or None, classes)
+
+
 def as_thresholds(value: float | Sequence[float] | dict[str, float] | None, classes: Sequence[str]) -> tuple[float, ...]:
     """Accept one threshold, one per class, or a {class: threshold} mapping (others 0.5)."""
     if value is None:

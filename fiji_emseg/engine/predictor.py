@@ -30,7 +30,7 @@ from .callbacks import Callback
 from .cleanup import CleanupConfig
 from .model_store import FP16_NAME, INT8_NAME, ONNX_NAME, WEIGHTS_NAME, ModelInfo, is_model_dir, load_model, read_model_info
 from .normalization import IntensityStats, apply_normalization, compute_stats
-from .prediction_output import OutputSpec, PredictionWriter, as_thresholds
+from .prediction_output import OutputSpec, PredictionWriter, as_thresholds, trained_thresholds
 from .tiling import BLEND_MODES, TilingPlan, plan_tiling
 from .volume_io import ArrayLike3D, Calibration, LazyVolume, open_volume
 
@@ -479,10 +479,9 @@ class Predictor:
 
     def thresholds(self) -> tuple[float, ...]:
         """Mask thresholds: as given, else those calibrated on validation data at training, else 0.5."""
-        given = self.config.thresholds
-        if given is None:
-            given = self.info.training.get("thresholds") or None
-        return as_thresholds(given, self.model_config.classes)
+        if self.config.thresholds is None:
+            return trained_thresholds(self.info.training, self.model_config.classes)
+        return as_thresholds(self.config.thresholds, self.model_config.classes)
 
     def predict_block(self, image: str | Path | ArrayLike3D, z_range: tuple[int, int],
                       calibration: Calibration | None = None, stats: IntensityStats | None = None) -> np.ndarray:

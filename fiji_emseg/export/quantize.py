@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from ..engine.files import atomic_path
+from ..engine.metrics import scores
 from ..engine.model_store import INT8_NAME, ONNX_NAME, WEIGHTS_NAME, read_model_info
-from ..engine.prediction_output import as_thresholds
+from ..engine.prediction_output import trained_thresholds
 from ..errors import ModelFileError
 from .metadata import PREFIX, metadata_props, read_onnx_metadata
 from .onnx_export import _add_metadata, recommended_tile, weights_digest
@@ -67,8 +68,8 @@ def _masks(probs: np.ndarray, output: str, thresholds: Sequence[float]) -> np.nd
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    denom = int(a.sum()) + int(b.sum())
-    return 1.0 if denom == 0 else 2.0 * int(np.logical_and(a, b).sum()) / denom
+    tp = int(np.count_nonzero(a & b))
+    return float(scores(tp, int(np.count_nonzero(b)) - tp, int(np.count_nonzero(a)) - tp, 0)["f1"])
 
 
 def int8_agreement(fp32_path: Path, int8_path: Path, tiles: Sequence[np.ndarray], classes: Sequence[str],
@@ -134,7 +135,7 @@ def quantize_int8(model_dir: str | Path, calibration: Sequence[np.ndarray], veri
             quantize_static(str(pre), str(target), _Reader(meta.input_name, calibration), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
             # at the thresholds prediction will use (calibrated at training, else 0.5)
-            thresholds = as_thresholds(info.training.get("thresholds") or None, info.model.classes)
+            thresholds = trained_thresholds(info.training, info.model.classes)
             agreement, worst = int8_agreement(fp32, target, verification, info.model.classes, info.model.output,
                                               thresholds)
             verified = min(agreement.values()) >= min_agreement
