@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import timed
 
 from fiji_emseg.bridge.imageplus import (
     imageplus_to_numpy,
@@ -35,17 +37,11 @@ from fiji_emseg.bridge.imageplus import (
 from fiji_emseg.bridge.jvm import ensure_jvm, jclass
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
-
-
 def _repeat(fn: Callable[[], Any], repeats: int) -> tuple[float, float, list[float]]:
     """(cold seconds, median warm seconds, all warm seconds)."""
-    cold, _ = _timed(fn)
-    _timed(fn)  # warm-up
-    warm = [_timed(fn)[0] for _ in range(repeats)]
+    cold, _ = timed(fn)
+    timed(fn)  # warm-up
+    warm = [timed(fn)[0] for _ in range(repeats)]
     return cold, statistics.median(warm), warm
 
 
@@ -143,8 +139,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ("numpy->ImagePlus JArray(JShort)(plane)", naive_to_imp_jarray, scale),
             ("numpy->ImagePlus jarray[:] = plane", naive_to_imp_slice, scale),
             ("numpy->ImagePlus element-wise", naive_to_imp_elementwise, z * n / rows_e)):
-        _timed(fn)  # warm-up
-        seconds, out = _timed(fn)
+        timed(fn)  # warm-up
+        seconds, out = timed(fn)
         if isinstance(out, np.ndarray):
             expected = data[:k] if out.ndim == 3 else data[0].ravel()[:rows_e * n]
             assert out.tobytes() == expected.tobytes(), name

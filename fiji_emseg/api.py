@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,7 +149,7 @@ def train(request: TrainRequest, callbacks: Sequence[Callback] = ()) -> TrainRes
 
 def export_trained_model(model_dir: str | Path, *, fp16: bool = False, trust_custom_code: bool = False,
                          int8_from: tuple[Sequence[Sample], Sequence[Sample]] | None = None,
-                         log: Any = None) -> dict[str, Path]:
+                         log: Callable[[str], None] | None = None) -> dict[str, Path]:
     """ONNX (and, from training data, a verified int8 copy) next to freshly trained weights.
 
     ``int8_from`` is (calibration samples, verification samples). A failure only warns: the
