@@ -1,11 +1,12 @@
-"""Helpers shared by the benchmarks: a reproducible model folder, timing, and per-process peak memory.
+"""Helpers shared by the benchmarks: a reproducible model folder, timing, and fresh child processes.
 
 - :func:`make_model_folder` builds a model from a :class:`ModelConfig` with a fixed seed, gives its
   BatchNorm layers *calibrated* running statistics (fresh ones, mean 0 / var 1, make a random
   deep net saturate, so every mask would be empty or full and mask comparisons would be vacuous),
   saves it the way ``emseg train`` does (``save_weights`` + ``write_model_info``) and exports
   ``model.onnx`` beside it, so the :class:`Predictor` finds a verified export and does not export again.
-- :func:`peak_rss_mib` reads the kernel's exact high-water mark of *this* process (``VmHWM``).
+- Memory is measured with ``_memory.py`` (``peak_rss_mib``: the kernel's exact high-water mark of
+  *this* process, ``VmHWM``; ``MemoryPeak``: a sampler of anonymous or resident memory).
   ``ru_maxrss`` is not used because after ``fork``/``vfork`` + ``exec`` Linux carries the parent's
   high-water mark into the child, so a child started by a big parent (pytest with torch loaded)
   reports at least the parent's size. :func:`run_child` runs code in a fresh interpreter so that
@@ -24,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, final
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
@@ -37,8 +38,6 @@ __all__ = [
     "fmt_rate",
     "make_model_folder",
     "median",
-    "peak_rss_mib",
-    "rss_breakdown_mib",
     "run_child",
     "timed",
 ]
@@ -66,15 +65,15 @@ def make_model_folder(folder: str | Path, config: Any = None, *, seed: int = 0, 
     """A model folder (config.json, weights.safetensors, model.onnx) with seeded random weights."""
     import torch
 
-    from fiji_emseg.engine.architectures import build_model
-    from fiji_emseg.engine.model_config import ModelConfig
-    from fiji_emseg.engine.model_store import (
+    from fiji_emseg.engine.models.architectures import build_model
+    from fiji_emseg.engine.models.model_config import ModelConfig
+    from fiji_emseg.engine.models.model_store import (
         WEIGHTS_NAME,
         ModelInfo,
         save_weights,
         write_model_info,
     )
-    from fiji_emseg.engine.receptive_field import measure_config_receptive_field
+    from fiji_emseg.engine.models.receptive_field import measure_config_receptive_field
 
     config = config or ModelConfig()
     folder = Path(folder)
@@ -94,73 +93,6 @@ def make_model_folder(folder: str | Path, config: Any = None, *, seed: int = 0, 
 
         export_onnx(folder, overwrite=True)
     return folder
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory in MiB (``VmHWM``; ``ru_maxrss`` where /proc is absent)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
-
-
-def rss_breakdown_mib() -> dict[str, float]:
-    """Current RSS split into anonymous and file-backed pages (MiB), from /proc/self/status."""
-    out: dict[str, float] = {}
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                key = line.split(":")[0]
-                if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
-                    out[key] = int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return out
-
-
-@final
-class AnonPeak:
-    """Samples this process's anonymous resident memory (RssAnon + RssShmem) every millisecond.
-
-    The number that matters for streaming: pages of a memory-mapped input count in RSS and in
-    ``VmHWM`` once touched, but they are clean file cache that the kernel drops under pressure,
-    so only anonymous memory says whether the process holds the whole stack.
-    """
-
-    def __init__(self, interval: float = 0.001) -> None:
-        import threading
-
-        self.peak = 0.0
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def now() -> float:
-        b = rss_breakdown_mib()
-        return b.get("RssAnon", b.get("VmRSS", 0.0)) + b.get("RssShmem", 0.0)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.now())
-            time.sleep(self._interval)
-
-    def __enter__(self) -> AnonPeak:
-        self.peak = self.now()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.now())
 
 
 def run_child(code: str, args: Sequence[str] = (), timeout: float = 900, env: dict[str, str] | None = None) -> dict[str, Any]:

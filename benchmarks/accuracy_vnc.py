@@ -3,7 +3,7 @@
 One single-class model per class, trained within a wall-clock budget through the real engine
 (``TrainConfig.time_limit_minutes``: the cosine schedule anneals over the budget and the best
 validation epoch is kept), then the test slices are predicted with the exact tiled ONNX engine
-and scored with ``fiji_emseg.engine.evaluation.evaluate`` (F1 and IoU over the test volume).
+and scored with ``fiji_emseg.engine.evaluation.evaluation.evaluate`` (F1 and IoU over the test volume).
 
 Reference (DeepSCEM trained on this same split on these CPUs, FIELD_NOTES / issue 2):
 mitochondria F1 0.894 (IoU 0.808) after 42 minutes; membrane F1 0.816 (IoU 0.689) after 20 minutes.
@@ -56,13 +56,13 @@ def _parse_minutes(values: list[str] | None) -> dict[str, float]:
 def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir: Path, seed: int,
               quiet: bool, overrides: dict[str, object], tta: bool) -> dict[str, object]:
     from fiji_emseg.engine.callbacks import TqdmTrainingCallback
-    from fiji_emseg.engine.evaluation import evaluate
-    from fiji_emseg.engine.model_config import ModelConfig
-    from fiji_emseg.engine.predictor import PredictConfig, predict
-    from fiji_emseg.engine.sample import Sample, as_binary_mask
-    from fiji_emseg.engine.train_config import TrainConfig
-    from fiji_emseg.engine.trainer import train_model
-    from fiji_emseg.engine.volume_io import read_volume
+    from fiji_emseg.engine.data.sample import Sample, as_binary_mask
+    from fiji_emseg.engine.data.volume_io import read_volume
+    from fiji_emseg.engine.evaluation.evaluation import evaluate
+    from fiji_emseg.engine.inference.predictor import PredictConfig, predict
+    from fiji_emseg.engine.models.model_config import ModelConfig
+    from fiji_emseg.engine.training.train_config import TrainConfig
+    from fiji_emseg.engine.training.trainer import train_model
     from fiji_emseg.export.onnx_export import export_onnx
 
     image, cal = read_volume(DATA / "image.tif")

@@ -20,7 +20,6 @@ import argparse
 import gc
 import resource
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,7 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fiji_emseg.engine.evaluation import evaluate
+from fiji_emseg.engine.evaluation.evaluation import evaluate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _memory import MemoryPeak  # noqa: E402
 
 
 def make_pair(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -64,34 +66,6 @@ def make_pair(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, n
     flat = pred.reshape(-1)
     flat[rng.integers(0, pred.size, k)] = 1
     return ref, pred
-
-
-class PeakRSS:
-    """Samples this process's resident memory every few milliseconds on a thread."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        import psutil
-
-        self._proc = psutil.Process()
-        self._interval = interval
-        self.peak = self._proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            time.sleep(self._interval)
-
-    def __enter__(self) -> PeakRSS:
-        self.start = self._proc.memory_info().rss
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
 def naive_evaluate(ref: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -161,14 +135,13 @@ def main() -> int:
           f"generated in {gen:.1f} s")
 
     gc.collect()
-    with PeakRSS() as mem:
+    with MemoryPeak("rss") as mem:
         t0 = time.perf_counter()
         report = evaluate(ref, pred, class_names=["organelle"], components="3d")
         full = time.perf_counter() - t0
     row = report.summary.iloc[0]
-    mib = 1024 ** 2
-    print(f"evaluate (3D components): {full:.2f} s wall, peak RSS {mem.peak / mib:.0f} MiB "
-          f"(+{(mem.peak - mem.start) / mib:.0f} MiB over the {mem.start / mib:.0f} MiB holding the inputs); "
+    print(f"evaluate (3D components): {full:.2f} s wall, peak RSS {mem.peak:.0f} MiB "
+          f"(+{mem.peak - mem.start:.0f} MiB over the {mem.start:.0f} MiB holding the inputs); "
           f"process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     print(f"  f1 {row['f1']:.3f}, f1/slice {row['f1_slice_mean']:.3f}±{row['f1_slice_std']:.3f}, "
           f"objects ref {int(row['ref_objects'])} / pred {int(row['pred_objects'])}: detected {int(row['detected'])}, "

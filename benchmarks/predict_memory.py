@@ -44,13 +44,13 @@ TARGET_MIB = 40.0
 CHILD = r"""
 import json, sys, time, warnings
 sys.path.insert(0, sys.argv[1])
-from _common import AnonPeak, peak_rss_mib, rss_breakdown_mib
-from fiji_emseg.engine.predictor import PredictConfig, Predictor
+from _memory import MemoryPeak, peak_rss_mib, rss_breakdown_mib
+from fiji_emseg.engine.inference.predictor import PredictConfig, Predictor
 
 model, source, out = sys.argv[2], sys.argv[3], sys.argv[4]
 pred = Predictor(model, PredictConfig(device="cpu"))
 ready = rss_breakdown_mib()
-with AnonPeak() as anon:
+with MemoryPeak("anon") as anon:
     t0 = time.perf_counter()
     res = pred.predict(source, out, name="pred", overwrite=True)
     seconds = time.perf_counter() - t0
@@ -91,7 +91,7 @@ def main() -> int:
     if base < 2:
         ap.error("--base-slices must be at least 2: ONNX Runtime's arena reaches its steady size on the second call")
 
-    from fiji_emseg.engine.model_config import ModelConfig
+    from fiji_emseg.engine.models.model_config import ModelConfig
 
     config = ModelConfig() if args.model == "default" else ModelConfig(filters=8)
     t_start = time.perf_counter()

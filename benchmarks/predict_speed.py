@@ -111,7 +111,7 @@ class PlainTorch:
     def __init__(self, model_dir: Path) -> None:
         import torch
 
-        from fiji_emseg.engine.model_store import load_model
+        from fiji_emseg.engine.models.model_store import load_model
 
         self.torch = torch
         self.net = load_model(model_dir, "cpu").module.eval()
@@ -124,13 +124,13 @@ class PlainTorch:
 
     def whole_slice(self, img: np.ndarray, stats: Any) -> np.ndarray:
         """(b): normalise, one call on the whole slice, threshold."""
-        from fiji_emseg.engine.normalization import apply_normalization
+        from fiji_emseg.engine.data.normalization import apply_normalization
 
         return (self.probs(apply_normalization(img, stats)) > 0.5).astype(np.uint8)
 
     def deepscem(self, img: np.ndarray, stats: Any, stride: int, tile: int = TILE_C) -> tuple[np.ndarray, int]:
         """(c): DeepSCEM's ``infer_pad`` loop in 2D with a general stride (see module docstring)."""
-        from fiji_emseg.engine.normalization import apply_normalization
+        from fiji_emseg.engine.data.normalization import apply_normalization
 
         x = apply_normalization(img, stats)
         s, cb = stride, (tile - stride) // 2
@@ -184,10 +184,10 @@ def differ(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> flo
 def cpu_section(args: argparse.Namespace, model_dir: Path, work: Path) -> None:
     import tifffile
 
-    from fiji_emseg.engine.model_store import read_model_info
-    from fiji_emseg.engine.normalization import compute_stats
-    from fiji_emseg.engine.predictor import PredictConfig, Predictor
-    from fiji_emseg.engine.volume_io import write_volume
+    from fiji_emseg.engine.data.normalization import compute_stats
+    from fiji_emseg.engine.data.volume_io import write_volume
+    from fiji_emseg.engine.inference.predictor import PredictConfig, Predictor
+    from fiji_emseg.engine.models.model_store import read_model_info
 
     shape = (args.slices, args.size, args.size)
     vox_slice = args.size * args.size
@@ -198,8 +198,8 @@ def cpu_section(args: argparse.Namespace, model_dir: Path, work: Path) -> None:
     s = args.deepscem_stride
     overlap_c = TILE_C - s
 
-    from fiji_emseg.engine.model_store import INT8_NAME
-    from fiji_emseg.export.quantize import is_verified_int8
+    from fiji_emseg.engine.models.model_store import INT8_NAME
+    from fiji_emseg.engine.models.onnx_metadata import is_verified_int8
 
     if not args.no_int8 and not (model_dir / INT8_NAME).is_file():
         # what 'emseg export MODEL --int8 --calibration stack.tif' gives a user
@@ -360,9 +360,9 @@ def gpu_section(args: argparse.Namespace, model_dir: Path, work: Path, device: s
     import tifffile
     import torch
 
-    from fiji_emseg.engine.backends import ort_cuda_available
-    from fiji_emseg.engine.predictor import PredictConfig, Predictor
-    from fiji_emseg.engine.volume_io import write_volume
+    from fiji_emseg.engine.data.volume_io import write_volume
+    from fiji_emseg.engine.inference.backends import ort_cuda_available
+    from fiji_emseg.engine.inference.predictor import PredictConfig, Predictor
 
     dry = not device.startswith("cuda")
     shape = (args.gpu_slices, 1536, 2048) if not dry else (2, 384, 512)

@@ -30,12 +30,12 @@ import json, sys, tempfile, time, statistics, warnings
 warnings.simplefilter("ignore")
 import torch
 from fiji_emseg.engine.callbacks import Callback
-from fiji_emseg.engine.model_config import ModelConfig
-from fiji_emseg.engine.synthetic import make_synthetic_sample
-from fiji_emseg.engine.train_config import TrainConfig
-from fiji_emseg.engine.trainer import train_model
+from fiji_emseg.engine.models.model_config import ModelConfig
+from fiji_emseg.engine.data.synthetic import make_synthetic_sample
+from fiji_emseg.engine.training.train_config import TrainConfig
+from fiji_emseg.engine.training.trainer import train_model
 sys.path.insert(0, "benchmarks")
-from _common import peak_rss_mib
+from _memory import peak_rss_mib
 
 device, amp, channels_last, warmup, timed = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5])
 
@@ -75,7 +75,7 @@ def main() -> int:
     warmup = 1 if args.quick else 2
     configs: list[tuple[str, str, str, bool]] = []
     if args.device in ("cpu", "all"):
-        from fiji_emseg.engine.device import native_cpu_bf16
+        from fiji_emseg.engine.models.device import native_cpu_bf16
 
         configs += [("cpu", "cpu", "off", False), ("cpu", "cpu", "off", True)]
         if native_cpu_bf16():

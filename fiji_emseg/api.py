@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .engine.augment import AugmentConfig
 from .engine.callbacks import Callback
-from .engine.model_config import ModelConfig
-from .engine.normalization import NormalizationConfig
-from .engine.predictor import PredictConfig, PredictionResult, Predictor, predict
-from .engine.sample import Sample, load_sample
-from .engine.train_config import TrainConfig
-from .engine.trainer import TrainResult, train_model
+from .engine.data.normalization import NormalizationConfig
+from .engine.data.sample import Sample, load_sample
+from .engine.inference.predictor import PredictConfig, PredictionResult, Predictor, predict
+from .engine.models.model_config import ModelConfig
+from .engine.training.augment import AugmentConfig
+from .engine.training.train_config import TrainConfig
+from .engine.training.trainer import TrainResult, train_model
 from .errors import ConfigError, EmsegWarning, InputDataError
 
 __all__ = ["TrainRequest", "train", "export_trained_model", "load_samples", "predict", "Predictor", "PredictConfig", "PredictionResult",
@@ -106,7 +106,7 @@ def load_samples(images: Sequence[Any], masks: Sequence[Sequence[Any]], class_na
     """Samples from image/mask pairs and/or a DeepSCEM HDF5 dataset."""
     samples: list[Sample] = []
     if dataset is not None:
-        from .engine.deepscem_io import read_deepscem_dataset
+        from .engine.data.deepscem_io import read_deepscem_dataset
 
         samples.extend(read_deepscem_dataset(dataset))
     if len(images) != len(masks):
@@ -155,7 +155,7 @@ def export_trained_model(model_dir: str | Path, *, fp16: bool = False, trust_cus
     ``int8_from`` is (calibration samples, verification samples). A failure only warns: the
     weights are safe, and prediction exports on the fly.
     """
-    from .engine.model_store import read_model_info
+    from .engine.models.model_store import read_model_info
     from .export.onnx_export import export_onnx
 
     files: dict[str, Path] = {}
@@ -190,12 +190,12 @@ def export(model_dir: str | Path, output: str | Path | None = None, **options: A
 
 
 def evaluate(*args: Any, **kwargs: Any) -> Any:
-    from .engine.evaluation import evaluate as _evaluate
+    from .engine.evaluation.evaluation import evaluate as _evaluate
 
     return _evaluate(*args, **kwargs)
 
 
 def measure(*args: Any, **kwargs: Any) -> Any:
-    from .engine.evaluation import measure as _measure
+    from .engine.evaluation.evaluation import measure as _measure
 
     return _measure(*args, **kwargs)

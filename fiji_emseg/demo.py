@@ -52,14 +52,14 @@ def run_demo(output_dir: str | Path = "emseg_demo", *, preset: str = "standard",
     import numpy as np
 
     from .api import export_trained_model
-    from .engine.evaluation import evaluate
-    from .engine.model_config import ModelConfig
-    from .engine.overlay import write_overlay_png
-    from .engine.predictor import PredictConfig, predict
-    from .engine.synthetic import make_synthetic_sample
-    from .engine.train_config import TrainConfig
-    from .engine.trainer import train_model
-    from .engine.volume_io import read_volume, write_volume
+    from .engine.data.synthetic import make_synthetic_sample
+    from .engine.data.volume_io import read_volume, write_volume
+    from .engine.evaluation.evaluation import evaluate
+    from .engine.evaluation.overlay import write_overlay_png
+    from .engine.inference.predictor import PredictConfig, predict
+    from .engine.models.model_config import ModelConfig
+    from .engine.training.train_config import TrainConfig
+    from .engine.training.trainer import train_model
 
     if preset not in DEMO_PRESETS:
         raise OutputError(f"unknown demo preset {preset!r}; use {', '.join(DEMO_PRESETS)}")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fiji_emseg.engine.architectures import build_model
-from fiji_emseg.engine.model_config import ModelConfig
-from fiji_emseg.engine.model_store import ModelInfo, save_weights, write_model_info
-from fiji_emseg.engine.sample import Sample
+from fiji_emseg.engine.data.sample import Sample
+from fiji_emseg.engine.models.architectures import build_model
+from fiji_emseg.engine.models.model_config import ModelConfig
+from fiji_emseg.engine.models.model_store import ModelInfo, save_weights, write_model_info
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -26,7 +26,7 @@ from fiji_emseg.bridge.jvm import jclass
 from fiji_emseg.bridge.outputs import masks_to_imageplus, overlay_composite, show
 from fiji_emseg.bridge.progress import FijiProgress
 from fiji_emseg.bridge.results import find_table, show_table
-from fiji_emseg.engine.volume_io import Calibration
+from fiji_emseg.engine.data.volume_io import Calibration
 
 pytestmark = [pytest.mark.imagej, pytest.mark.gui, needs_display()]
 

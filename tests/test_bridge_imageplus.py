@@ -20,7 +20,7 @@ from fiji_emseg.bridge.imageplus import (
     numpy_to_imageplus,
 )
 from fiji_emseg.bridge.jvm import jclass
-from fiji_emseg.engine.volume_io import Calibration
+from fiji_emseg.engine.data.volume_io import Calibration
 from fiji_emseg.errors import EmsegWarning, InputDataError
 
 pytestmark = pytest.mark.imagej

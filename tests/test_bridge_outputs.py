@@ -9,7 +9,7 @@ from bridge_fixtures import ij1, imagej_app, needs_display, wait_for  # noqa: F4
 from fiji_emseg.bridge import outputs
 from fiji_emseg.bridge.imageplus import imageplus_to_numpy
 from fiji_emseg.bridge.jvm import jclass
-from fiji_emseg.engine.volume_io import Calibration
+from fiji_emseg.engine.data.volume_io import Calibration
 from fiji_emseg.errors import InputDataError
 
 pytestmark = pytest.mark.imagej

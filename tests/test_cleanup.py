@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fiji_emseg.engine.cleanup import CleanupConfig, clean_mask, clean_mask_slice
+from fiji_emseg.engine.inference.cleanup import CleanupConfig, clean_mask, clean_mask_slice
 from fiji_emseg.errors import ConfigError, InputDataError
 
 

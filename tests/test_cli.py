@@ -12,7 +12,7 @@ import pytest
 from emseg_testdata import blob_volume
 
 from fiji_emseg.cli.main import SUBCOMMANDS, build_parser, main
-from fiji_emseg.engine.volume_io import Calibration, read_volume, write_volume
+from fiji_emseg.engine.data.volume_io import Calibration, read_volume, write_volume
 
 
 def test_help_lists_and_documents_every_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from fiji_emseg.cli.main import main
-from fiji_emseg.engine.deepscem_io import (
+from fiji_emseg.engine.data.deepscem_io import (
     deepscem_normalize,
     read_deepscem_dataset,
     write_deepscem_dataset,
 )
-from fiji_emseg.engine.synthetic import make_synthetic_sample, write_synthetic_dataset
-from fiji_emseg.engine.volume_io import Calibration, read_volume, write_volume
+from fiji_emseg.engine.data.synthetic import make_synthetic_sample, write_synthetic_dataset
+from fiji_emseg.engine.data.volume_io import Calibration, read_volume, write_volume
 
 CAL = Calibration((40.0, 5.0, 5.0), "nm")
 

@@ -13,16 +13,16 @@ import h5py
 import numpy as np
 import pytest
 
-from fiji_emseg.engine import deepscem_io
-from fiji_emseg.engine.deepscem_io import (
+from fiji_emseg.engine.data import deepscem_io
+from fiji_emseg.engine.data.deepscem_io import (
     deepscem_normalize,
     read_deepscem_dataset,
     read_deepscem_info,
     write_deepscem_dataset,
 )
-from fiji_emseg.engine.sample import Sample
-from fiji_emseg.engine.synthetic import make_synthetic_sample
-from fiji_emseg.engine.volume_io import Calibration
+from fiji_emseg.engine.data.sample import Sample
+from fiji_emseg.engine.data.synthetic import make_synthetic_sample
+from fiji_emseg.engine.data.volume_io import Calibration
 from fiji_emseg.errors import ConfigError, EmsegWarning, InputDataError, OutputError
 
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from fiji_emseg.cli.main import main
-from fiji_emseg.engine.evaluation import OBJECT_SUMMARY_COLUMNS, SUMMARY_COLUMNS, evaluate
-from fiji_emseg.engine.volume_io import Calibration, write_volume
+from fiji_emseg.engine.data.volume_io import Calibration, write_volume
+from fiji_emseg.engine.evaluation.evaluation import OBJECT_SUMMARY_COLUMNS, SUMMARY_COLUMNS, evaluate
 from fiji_emseg.errors import EmsegWarning, InputDataError, OutputError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vnc_sstem"
@@ -244,7 +244,7 @@ def test_real_mito_against_eroded_copy() -> None:
         pytest.skip(f"real data not found at {DATA}")
     from scipy import ndimage as ndi
 
-    from fiji_emseg.engine.volume_io import read_volume
+    from fiji_emseg.engine.data.volume_io import read_volume
 
     mito, _ = read_volume(DATA / "mito.tif")
     ref = mito[:4] > 0

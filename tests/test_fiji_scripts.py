@@ -47,16 +47,16 @@ from fiji_emseg.bridge.jvm import is_headless, jclass
 from fiji_emseg.bridge.progress import FijiProgress
 from fiji_emseg.bridge.results import find_table, table_to_dataframe
 from fiji_emseg.engine.callbacks import EpochReport, StepReport
-from fiji_emseg.engine.evaluation import evaluate, measure
-from fiji_emseg.engine.model_config import ModelConfig
-from fiji_emseg.engine.model_store import read_model_info
-from fiji_emseg.engine.train_config import TrainConfig
-from fiji_emseg.engine.volume_io import (
+from fiji_emseg.engine.data.volume_io import (
     Calibration,
     open_volume,
     read_volume,
     write_volume,
 )
+from fiji_emseg.engine.evaluation.evaluation import evaluate, measure
+from fiji_emseg.engine.models.model_config import ModelConfig
+from fiji_emseg.engine.models.model_store import read_model_info
+from fiji_emseg.engine.training.train_config import TrainConfig
 
 pytestmark = pytest.mark.imagej
 
@@ -290,9 +290,9 @@ def test_script_defaults_equal_command_and_engine_defaults() -> None:
     assert inspect.signature(measure).parameters["components"].default == \
         _engine_default(commands.measure_command, "components")
     assert inspect.signature(evaluate).parameters["threshold"].default is None  # our 0 means "None"
-    from fiji_emseg.engine.cleanup import CleanupConfig
-    from fiji_emseg.engine.prediction_output import as_thresholds
-    from fiji_emseg.engine.predictor import PredictConfig
+    from fiji_emseg.engine.inference.cleanup import CleanupConfig
+    from fiji_emseg.engine.inference.prediction_output import as_thresholds
+    from fiji_emseg.engine.inference.predictor import PredictConfig
 
     predict = commands.predict_command
     # 0: the model's own threshold (calibrated on validation data, else 0.5), as PredictConfig's None

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from fiji_emseg.engine.augment import AugmentConfig, augment_patch
-from fiji_emseg.engine.losses import LOSSES, SegmentationLoss
-from fiji_emseg.engine.normalization import NormalizationConfig
-from fiji_emseg.engine.sample import Sample
-from fiji_emseg.engine.sampling import BatchStream, OccupancyGrid, PatchSampler, TrainingVolume
+from fiji_emseg.engine.data.normalization import NormalizationConfig
+from fiji_emseg.engine.data.sample import Sample
+from fiji_emseg.engine.training.augment import AugmentConfig, augment_patch
+from fiji_emseg.engine.training.losses import LOSSES, SegmentationLoss
+from fiji_emseg.engine.training.sampling import BatchStream, OccupancyGrid, PatchSampler, TrainingVolume
 from fiji_emseg.errors import ConfigError, InputDataError
 
 

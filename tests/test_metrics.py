@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from fiji_emseg.engine.metrics import METRICS, binarize, confusion_per_slice, pixel_metrics, scores
+from fiji_emseg.engine.evaluation.metrics import METRICS, binarize, confusion_per_slice, pixel_metrics, scores
 from fiji_emseg.errors import ConfigError, EmsegWarning, InputDataError
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from fiji_emseg.engine.architectures import build_model
-from fiji_emseg.engine.model_config import ModelConfig
-from fiji_emseg.engine.model_store import (
+from fiji_emseg.engine.models.architectures import build_model
+from fiji_emseg.engine.models.model_config import ModelConfig
+from fiji_emseg.engine.models.model_store import (
     ModelInfo,
     load_model,
     load_weights,
@@ -21,8 +21,8 @@ from fiji_emseg.engine.model_store import (
     save_weights,
     write_model_info,
 )
-from fiji_emseg.engine.receptive_field import measure_config_receptive_field, measure_receptive_field
-from fiji_emseg.engine.unet import count_parameters
+from fiji_emseg.engine.models.receptive_field import measure_config_receptive_field, measure_receptive_field
+from fiji_emseg.engine.models.unet import count_parameters
 from fiji_emseg.errors import ConfigError, ModelFileError
 
 

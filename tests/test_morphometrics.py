@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fiji_emseg.engine.evaluation import measure
-from fiji_emseg.engine.morphometrics import COLUMNS_2D, COLUMNS_3D, measure_objects, perimeter, surface_area
-from fiji_emseg.engine.volume_io import Calibration, write_volume
+from fiji_emseg.engine.data.volume_io import Calibration, write_volume
+from fiji_emseg.engine.evaluation.evaluation import measure
+from fiji_emseg.engine.evaluation.morphometrics import COLUMNS_2D, COLUMNS_3D, measure_objects, perimeter, surface_area
 
 
 def _ellipsoid_voxels(radius: float, voxel: tuple[float, float, float]) -> np.ndarray:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fiji_emseg.engine import objects as obj
-from fiji_emseg.engine.objects import (
+from fiji_emseg.engine.data import components
+from fiji_emseg.engine.data.components import label_components, normalize_connectivity
+from fiji_emseg.engine.evaluation import objects as obj
+from fiji_emseg.engine.evaluation.objects import (
     aggregated_jaccard_index,
     compute_overlap,
     detection_categories,
     evaluate_objects,
-    label_components,
-    normalize_connectivity,
     panoptic_quality,
 )
 from fiji_emseg.errors import ConfigError
@@ -172,7 +172,7 @@ def test_sparse_and_dense_pair_counting_agree(monkeypatch: pytest.MonkeyPatch) -
     pl, npred = label_components(pred)
     dense = compute_overlap(rl, nr, pl, npred)
     monkeypatch.setattr(obj, "_DENSE_KEYS", 0)
-    monkeypatch.setattr(obj, "_BLOCK_VOXELS", 1000)  # several blocks, merged afterwards
+    monkeypatch.setattr(components, "_BLOCK_VOXELS", 1000)  # several blocks, merged afterwards
     sparse = compute_overlap(rl, nr, pl, npred)
     for field in ("ref_ids", "pred_ids", "intersections", "ref_sizes", "pred_sizes"):
         assert np.array_equal(getattr(dense, field), getattr(sparse, field)), field

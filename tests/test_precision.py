@@ -13,19 +13,20 @@ import pytest
 import torch
 from emseg_testdata import blob_sample, f1
 
-import fiji_emseg.engine.device as device_mod
+import fiji_emseg.engine.models.device as device_mod
 from fiji_emseg.api import export_trained_model
 from fiji_emseg.cli.main import main as cli
-from fiji_emseg.engine.device import choose_device, native_cpu_bf16
-from fiji_emseg.engine.model_config import ModelConfig
-from fiji_emseg.engine.model_store import INT8_NAME, read_model_info
-from fiji_emseg.engine.normalization import apply_normalization, compute_stats
-from fiji_emseg.engine.predictor import PredictConfig, Predictor
-from fiji_emseg.engine.train_config import TrainConfig
-from fiji_emseg.engine.trainer import train_model
-from fiji_emseg.engine.volume_io import write_volume
+from fiji_emseg.engine.data.normalization import apply_normalization, compute_stats
+from fiji_emseg.engine.data.volume_io import write_volume
+from fiji_emseg.engine.inference.predictor import PredictConfig, Predictor
+from fiji_emseg.engine.models.device import choose_device, native_cpu_bf16
+from fiji_emseg.engine.models.model_config import ModelConfig
+from fiji_emseg.engine.models.model_store import INT8_NAME, read_model_info
+from fiji_emseg.engine.models.onnx_metadata import is_verified_int8
+from fiji_emseg.engine.training.train_config import TrainConfig
+from fiji_emseg.engine.training.trainer import train_model
 from fiji_emseg.errors import ConfigError, EmsegWarning
-from fiji_emseg.export.quantize import is_verified_int8, quantize_int8, tiles_from_samples, tiles_from_volume
+from fiji_emseg.export.quantize import quantize_int8, tiles_from_samples, tiles_from_volume
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_int8_model_is_verified_and_carries_its_agreement(trained: Path) -> None
 def test_auto_prefers_verified_int8_then_bf16_then_fp32(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with Predictor(trained, PredictConfig(device="cpu")) as p:
         assert p.backend.name == "onnxruntime" and p.backend.path.name == INT8_NAME
-    import fiji_emseg.engine.device as dev
+    import fiji_emseg.engine.models.device as dev
 
     monkeypatch.setattr(dev, "native_cpu_bf16", lambda: True)
     with Predictor(trained, PredictConfig(device="cpu", precision="bf16")) as p:

@@ -13,15 +13,15 @@ import torch
 from emseg_testdata import random_model_dir
 
 from fiji_emseg.cli.main import main as cli
-from fiji_emseg.engine.cleanup import CleanupConfig
-from fiji_emseg.engine.model_config import ModelConfig
-from fiji_emseg.engine.model_store import load_model
-from fiji_emseg.engine.normalization import apply_normalization, compute_stats
-from fiji_emseg.engine.predictor import PredictConfig, Predictor, predict
-from fiji_emseg.engine.unet import ProbabilityHead
-from fiji_emseg.engine.volume_io import Calibration, read_volume, write_volume
+from fiji_emseg.engine.data.normalization import apply_normalization, compute_stats
+from fiji_emseg.engine.data.volume_io import Calibration, read_volume, write_volume
+from fiji_emseg.engine.inference.cleanup import CleanupConfig
+from fiji_emseg.engine.inference.predictor import PredictConfig, Predictor, predict
+from fiji_emseg.engine.models.model_config import ModelConfig
+from fiji_emseg.engine.models.model_store import load_model
+from fiji_emseg.engine.models.onnx_metadata import read_onnx_metadata
+from fiji_emseg.engine.models.unet import ProbabilityHead
 from fiji_emseg.errors import ConfigError, ModelFileError, OutputError
-from fiji_emseg.export.metadata import read_onnx_metadata
 from fiji_emseg.export.onnx_export import export_onnx
 
 CFG2D = ModelConfig(classes=("a", "b"), depth=3, filters=8)
@@ -203,7 +203,7 @@ def test_cuda_requested_but_unavailable_is_explained(models: dict[str, Path]) ->
         Predictor(models["2d"], PredictConfig(device="cuda"))
     with pytest.raises(ConfigError, match="CUDA was requested"):
         Predictor(models["2d"], PredictConfig(device="cuda", backend="torch"))
-    from fiji_emseg.engine.backends import OnnxRuntimeBackend
+    from fiji_emseg.engine.inference.backends import OnnxRuntimeBackend
 
     with pytest.raises(ConfigError, match="ONNX Runtime fell back to the CPU"):
         OnnxRuntimeBackend(models["2d"] / "model.onnx", "cuda")

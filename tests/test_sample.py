@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fiji_emseg.engine.sample import (
+from fiji_emseg.engine.data.sample import (
     Sample,
     as_binary_mask,
     as_image_volume,
@@ -20,7 +20,7 @@ from fiji_emseg.engine.sample import (
     slices_to_region,
     validate_dataset,
 )
-from fiji_emseg.engine.volume_io import Calibration, write_volume
+from fiji_emseg.engine.data.volume_io import Calibration, write_volume
 from fiji_emseg.errors import EmsegWarning, InputDataError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

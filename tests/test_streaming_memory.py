@@ -26,22 +26,18 @@ import pytest
 N_SLICES = 3  # small stack; the large one has 8× as many
 SIDE = 1024  # 8 × 3 × 1024² float32 = 96 MB, 84 MB more than the small stack
 LIMIT_MIB = 40.0
+#: benchmarks/_memory.py holds the one memory sampler of benchmarks and tests (standard library only).
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc to read memory")
 
 CHILD = r"""
-import json, sys, threading, time
+import json, sys
 import numpy as np
 import tifffile
-from fiji_emseg.engine.predictor import PredictConfig, Predictor
-
-def status():
-    with open("/proc/self/status", encoding="ascii") as fh:
-        return {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in fh if ln.split(":")[0] in ("RssAnon", "RssShmem", "VmHWM")}
-
-def anon():
-    s = status()
-    return s["RssAnon"] + s.get("RssShmem", 0.0)
+sys.path.insert(0, sys.argv[4])
+from _memory import MemoryPeak, peak_rss_mib
+from fiji_emseg.engine.inference.predictor import PredictConfig, Predictor
 
 model, source, out = sys.argv[1:4]
 predictor = Predictor(model, PredictConfig(device="cpu"))
@@ -49,22 +45,11 @@ stack = np.load(source, mmap_mode="r")
 # One-time costs (kernel and primitive caches, allocator arenas of the worker threads) are paid
 # by a warm-up on the first slices, so that what differs between the two runs is the stack size.
 predictor.predict(np.array(stack[:3]), out + "_warmup", name="warm")
-peak, stop = [anon()], threading.Event()
-
-def sample():
-    while not stop.is_set():
-        peak[0] = max(peak[0], anon())
-        time.sleep(0.001)
-
-thread = threading.Thread(target=sample, daemon=True)
-thread.start()
-result = predictor.predict(stack, out, name="pred")
-stop.set()
-thread.join()
-peak[0] = max(peak[0], anon())
+with MemoryPeak("anon") as anon:
+    result = predictor.predict(stack, out, name="pred")
 with tifffile.TiffFile(next(iter(result.files.values()))) as tif:
     written = len(tif.pages)
-print(json.dumps({"anon_peak": peak[0], "hwm": status()["VmHWM"], "slices_written": written}))
+print(json.dumps({"anon_peak": anon.peak, "hwm": peak_rss_mib(), "slices_written": written}))
 """
 
 
@@ -73,9 +58,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny 2D model folder with its ONNX export, so the child processes do not export again."""
     import torch
 
-    from fiji_emseg.engine.architectures import build_model
-    from fiji_emseg.engine.model_config import ModelConfig
-    from fiji_emseg.engine.model_store import (
+    from fiji_emseg.engine.models.architectures import build_model
+    from fiji_emseg.engine.models.model_config import ModelConfig
+    from fiji_emseg.engine.models.model_store import (
         WEIGHTS_NAME,
         ModelInfo,
         save_weights,
@@ -103,7 +88,7 @@ def _memmap_stack(path: Path, slices: int) -> Path:
 
 
 def _peak_in_child(model: Path, source: Path, out: Path) -> dict[str, float]:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(model), str(source), str(out)],
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(model), str(source), str(out), str(BENCHMARKS)],
                           check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]

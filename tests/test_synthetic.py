@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from fiji_emseg.engine.synthetic import (
+from fiji_emseg.engine.data.synthetic import (
     SYNTHETIC_CLASSES,
     make_synthetic_sample,
     write_synthetic_dataset,
 )
-from fiji_emseg.engine.volume_io import Calibration, read_volume
+from fiji_emseg.engine.data.volume_io import Calibration, read_volume
 from fiji_emseg.errors import ConfigError, OutputError
 
 

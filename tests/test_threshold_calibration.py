@@ -10,12 +10,12 @@ import pytest
 from emseg_testdata import blob_sample, f1
 from scipy import ndimage as ndi
 
-from fiji_emseg.engine.model_config import ModelConfig
-from fiji_emseg.engine.predictor import PredictConfig, Predictor
-from fiji_emseg.engine.sample import Sample
-from fiji_emseg.engine.threshold_calibration import THRESHOLD_GRID, _evaluated_slices, calibrate_thresholds
-from fiji_emseg.engine.train_config import TrainConfig
-from fiji_emseg.engine.trainer import train_model
+from fiji_emseg.engine.data.sample import Sample
+from fiji_emseg.engine.inference.predictor import PredictConfig, Predictor
+from fiji_emseg.engine.models.model_config import ModelConfig
+from fiji_emseg.engine.training.threshold_calibration import THRESHOLD_GRID, _evaluated_slices, calibrate_thresholds
+from fiji_emseg.engine.training.train_config import TrainConfig
+from fiji_emseg.engine.training.trainer import train_model
 
 TINY = ModelConfig(classes=("bright",), depth=3, filters=8)
 

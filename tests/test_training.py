@@ -20,15 +20,15 @@ import torch
 from emseg_testdata import blob_sample, f1
 from safetensors.torch import load_file
 
-import fiji_emseg.engine.trainer as trainer_mod
-from fiji_emseg.engine.augment import AugmentConfig
+import fiji_emseg.engine.training.trainer as trainer_mod
 from fiji_emseg.engine.callbacks import Callback, EpochReport, StepReport
-from fiji_emseg.engine.model_config import ModelConfig
-from fiji_emseg.engine.model_store import load_model
-from fiji_emseg.engine.predictor import PredictConfig, Predictor
-from fiji_emseg.engine.sample import Sample
-from fiji_emseg.engine.train_config import TrainConfig
-from fiji_emseg.engine.trainer import CHECKPOINT_NAME, train_model
+from fiji_emseg.engine.data.sample import Sample
+from fiji_emseg.engine.inference.predictor import PredictConfig, Predictor
+from fiji_emseg.engine.models.model_config import ModelConfig
+from fiji_emseg.engine.models.model_store import load_model
+from fiji_emseg.engine.training.augment import AugmentConfig
+from fiji_emseg.engine.training.train_config import TrainConfig
+from fiji_emseg.engine.training.trainer import CHECKPOINT_NAME, train_model
 from fiji_emseg.errors import ConfigError, EmsegWarning, InputDataError, ModelFileError, OutputError
 
 TINY = ModelConfig(classes=("bright",), depth=3, filters=8)
@@ -194,9 +194,9 @@ def test_kill_leaves_loadable_files_and_resumes(tmp_path: Path) -> None:
     script.write_text(textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
         from emseg_testdata import blob_sample
-        from fiji_emseg.engine.model_config import ModelConfig
-        from fiji_emseg.engine.train_config import TrainConfig
-        from fiji_emseg.engine.trainer import train_model
+        from fiji_emseg.engine.models.model_config import ModelConfig
+        from fiji_emseg.engine.training.train_config import TrainConfig
+        from fiji_emseg.engine.training.trainer import train_model
         cfg = TrainConfig(epochs=200, steps_per_epoch=5, batch_size=4, patch_size=(32, 32), val_steps=1, seed=0,
                           bn_recalibration_batches=1, val_slices="6-7", checkpoint_minutes=0.0005)
         train_model([blob_sample()], {str(tmp_path / 'm')!r}, model_config=ModelConfig(classes=("bright",), depth=2, filters=4), config=cfg)

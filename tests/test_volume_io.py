@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from fiji_emseg.engine.files import atomic_path, atomic_write_text
-from fiji_emseg.engine.volume_io import (
+from fiji_emseg.engine.data.files import atomic_path, atomic_write_text
+from fiji_emseg.engine.data.volume_io import (
     Calibration,
     LazyVolume,
     StackWriter,

@@ -29,17 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.cleanup import CleanupConfig
-from ..engine.model_config import ModelConfig
-from ..engine.predictor import PredictConfig
-from ..engine.sample import (
+from ..engine.data.sample import (
     Sample,
     class_name_from_path,
     parse_slice_ranges,
     slices_to_region,
 )
-from ..engine.train_config import TrainConfig
-from ..engine.volume_io import Calibration
+from ..engine.data.volume_io import Calibration
+from ..engine.inference.cleanup import CleanupConfig
+from ..engine.inference.predictor import PredictConfig
+from ..engine.models.model_config import ModelConfig
+from ..engine.training.train_config import TrainConfig
 from ..errors import ConfigError, InputDataError, ModelFileError, OutputError
 from .failure import report_failure
 from .fiji_callbacks import PredictionProgress, TrainingProgress
@@ -182,7 +182,7 @@ def _current_image(what: str) -> Any:
 
 def _files(text: Any, what: str, folder_ok: bool = True) -> list[Path]:
     """Comma-separated files; a folder stands for the TIFF stacks in it (sorted by name)."""
-    from ..engine.volume_io import expand_stack_paths
+    from ..engine.data.volume_io import expand_stack_paths
 
     return expand_stack_paths(split_list(text), what, folder_ok)
 
@@ -233,7 +233,7 @@ def _run(title: str, work: Callable[[], dict[str, str]], failed: dict[str, str])
 
 def _make_folder(folder: Path) -> None:
     """Create an output folder named by the user (the engine's 3D clean-up needs it to exist)."""
-    from ..engine.files import describe_os_error
+    from ..engine.data.files import describe_os_error
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -245,7 +245,7 @@ def _make_folder(folder: Path) -> None:
 
 def _writable(paths: Sequence[Path], overwrite: bool) -> None:
     """Fail before any work when a result file exists and may not be replaced."""
-    from ..engine.files import check_writable
+    from ..engine.data.files import check_writable
 
     for p in paths:
         if p.exists() and not overwrite:
@@ -296,8 +296,8 @@ def train_command(*, image: Any = None, masks: str = "", image_file: str = "", m
 
 def _training_sample(image: Any, masks: Any, image_file: Any, mask_files: Any, classes: Any,
                      annotated_slices: Any) -> Sample:
-    from ..engine.sample import load_sample
-    from ..engine.volume_io import open_volume
+    from ..engine.data.sample import load_sample
+    from ..engine.data.volume_io import open_volume
 
     if _text(image_file):
         paths = _files(image_file, "image_file", folder_ok=False)
@@ -334,7 +334,7 @@ def _training_sample(image: Any, masks: Any, image_file: Any, mask_files: Any, c
 
 def _train(sample: Sample, model_dir: Path, model_config: ModelConfig, config: TrainConfig,
            overwrite: bool) -> dict[str, str]:
-    from ..engine.trainer import train_model
+    from ..engine.training.trainer import train_model
 
     with FijiProgress(TRAIN_TITLE, show_eta=False, cancel_button=True) as progress:
         callback = TrainingProgress(progress, TRAIN_TITLE)
@@ -377,7 +377,7 @@ def predict_command(*, image: Any = None, image_file: str = "", model_folder: st
     """
 
     def work() -> dict[str, str]:
-        from ..engine.predictor import Predictor
+        from ..engine.inference.predictor import Predictor
 
         model = Path(_text(model_folder))
         if not _text(model_folder) or not model.exists():
@@ -431,8 +431,8 @@ def _predict_files(predictor: Any, progress: FijiProgress, image_file: Any, outp
 
 def _predict_window(predictor: Any, progress: FijiProgress, image: Any, output_folder: Any,
                     show_probabilities: bool, show_overlay: bool, overwrite: bool) -> dict[str, str]:
-    from ..engine.prediction_output import OutputSpec, output_file_names
-    from ..engine.volume_io import write_volume
+    from ..engine.data.volume_io import write_volume
+    from ..engine.inference.prediction_output import OutputSpec, output_file_names
 
     imp = image if image is not None else _current_image("image")
     title = str(imp.getTitle())
@@ -482,8 +482,8 @@ def evaluate_command(*, reference: str = "", prediction: str = "", reference_fil
     """
 
     def work() -> dict[str, str]:
-        from ..engine.evaluation import evaluate, resolve_mask_set
-        from ..engine.volume_io import open_volume
+        from ..engine.data.volume_io import open_volume
+        from ..engine.evaluation.evaluation import evaluate, resolve_mask_set
 
         if _text(reference_files) or _text(prediction_files):
             if not (_text(reference_files) and _text(prediction_files)):
@@ -538,7 +538,7 @@ def evaluate_command(*, reference: str = "", prediction: str = "", reference_fil
 
 
 def _save_csv(path: Path, df: Any, overwrite: bool) -> None:
-    from ..engine.files import atomic_write_text
+    from ..engine.data.files import atomic_write_text
 
     atomic_write_text(path, df.to_csv(index=False, float_format="%.6g", lineterminator="\n"), overwrite)
     ij_log(f"  {path}")
@@ -557,7 +557,7 @@ def measure_command(*, masks: str = "", mask_files: str = "", classes: str = "",
     """
 
     def work() -> dict[str, str]:
-        from ..engine.evaluation import measure
+        from ..engine.evaluation.evaluation import measure
 
         calibration: Calibration | None = None
         if _text(mask_files):

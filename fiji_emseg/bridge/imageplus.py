@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.volume_io import Calibration
+from ..engine.data.volume_io import Calibration
 from ..errors import EmsegWarning, InputDataError
 from .jvm import ensure_jvm, jclass
 

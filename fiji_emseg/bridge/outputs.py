@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.volume_io import Calibration
+from ..engine.data.volume_io import Calibration
 from ..errors import InputDataError
 from .awt import run_on_edt
 from .imageplus import numpy_to_imageplus

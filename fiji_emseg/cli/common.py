@@ -68,6 +68,6 @@ class TqdmProgress:
 
 def collect_inputs(paths: Sequence[str]) -> list[Path]:
     """Files as given; a folder stands for the TIFF stacks inside it (sorted by name)."""
-    from ..engine.volume_io import expand_stack_paths
+    from ..engine.data.volume_io import expand_stack_paths
 
     return expand_stack_paths(paths, "input")

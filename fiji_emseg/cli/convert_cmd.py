@@ -97,15 +97,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _to_deepscem(args: argparse.Namespace) -> int:
-    from ..engine.deepscem_io import write_deepscem_dataset
-    from ..engine.files import check_writable
-    from ..engine.sample import (
+    from ..engine.data.deepscem_io import write_deepscem_dataset
+    from ..engine.data.files import check_writable
+    from ..engine.data.sample import (
         Sample,
         class_name_from_path,
         load_sample,
         parse_slice_ranges,
     )
-    from ..engine.volume_io import Calibration
+    from ..engine.data.volume_io import Calibration
     from ..errors import ConfigError, InputDataError
 
     out = Path(args.output)
@@ -144,7 +144,7 @@ def _to_deepscem(args: argparse.Namespace) -> int:
 
 
 def _sample_names(given: list[str] | None, images: list[Path]) -> list[str]:
-    from ..engine.sample import class_name_from_path
+    from ..engine.data.sample import class_name_from_path
     from ..errors import ConfigError
 
     if given:
@@ -163,7 +163,7 @@ def _sample_names(given: list[str] | None, images: list[Path]) -> list[str]:
 
 def _check_mask_order(masks: list[str], classes: list[str]) -> None:
     """Catch 'er.tif mito.tif' after 'mito.tif er.tif': same names in another order swaps classes."""
-    from ..engine.sample import class_name_from_path
+    from ..engine.data.sample import class_name_from_path
     from ..errors import InputDataError
 
     stems = [class_name_from_path(m) for m in masks]
@@ -178,13 +178,13 @@ def _check_mask_order(masks: list[str], classes: list[str]) -> None:
 def _to_tiff(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..engine.deepscem_io import (
+    from ..engine.data.deepscem_io import (
         default_class_names,
         read_deepscem_dataset,
         read_deepscem_info,
     )
-    from ..engine.files import check_writable
-    from ..engine.volume_io import write_volume
+    from ..engine.data.files import check_writable
+    from ..engine.data.volume_io import write_volume
     from ..errors import ConfigError, InputDataError
 
     if args.threshold is not None and not args.predictions:

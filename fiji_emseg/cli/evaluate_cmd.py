@@ -76,8 +76,8 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..engine.evaluation import evaluate
-    from ..engine.files import check_writable
+    from ..engine.data.files import check_writable
+    from ..engine.evaluation.evaluation import evaluate
     from ..errors import InputDataError
 
     ref, pred = Path(args.reference), Path(args.prediction)

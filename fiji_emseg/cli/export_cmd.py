@@ -39,8 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.model_store import ONNX_NAME
-    from ..export.onnx_export import export_onnx, is_current_export
+    from ..engine.models.model_store import ONNX_NAME
+    from ..engine.models.onnx_metadata import is_current_export
+    from ..export.onnx_export import export_onnx
 
     if args.int8 and not args.calibration:
         raise ConfigError("--int8 needs --calibration STACK: an EM stack like those you will predict")
@@ -54,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
                              overwrite=args.overwrite, exporter=args.exporter, trust_custom_code=args.trust_custom_code)
         print(report.summary())
     if args.int8:
-        from ..engine.model_store import read_model_info
-        from ..export.onnx_export import recommended_tile
+        from ..engine.models.model_store import read_model_info
+        from ..engine.models.receptive_field import recommended_tile
         from ..export.quantize import quantize_int8, tiles_from_volume
 
         info = read_model_info(args.model_dir)

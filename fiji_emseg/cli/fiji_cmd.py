@@ -136,7 +136,7 @@ def install_scripts(fiji: str | os.PathLike[str] | None, overwrite: bool = False
     unless ``overwrite``. Each file is written to a temporary name and renamed, so Fiji never
     sees a half-written script.
     """
-    from ..engine.files import atomic_write_bytes
+    from ..engine.data.files import atomic_write_bytes
 
     root = find_fiji(fiji)
     target = root / INSTALL_SUBDIR

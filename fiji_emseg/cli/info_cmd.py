@@ -17,11 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.model_store import read_model_info
+    from ..engine.models.model_store import read_model_info
 
     path = Path(args.model)
     if path.suffix.lower() == ".onnx":
-        from ..export.metadata import read_onnx_metadata
+        from ..engine.models.onnx_metadata import read_onnx_metadata
 
         info = read_onnx_metadata(path).info
     else:

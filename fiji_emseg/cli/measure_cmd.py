@@ -52,9 +52,9 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..engine.evaluation import measure
-    from ..engine.files import atomic_write_text, check_writable
-    from ..engine.volume_io import Calibration
+    from ..engine.data.files import atomic_write_text, check_writable
+    from ..engine.data.volume_io import Calibration
+    from ..engine.evaluation.evaluation import measure
     from ..errors import ConfigError, InputDataError
 
     out = Path(args.output)
@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _file_calibration(path: Any) -> Any:
     """Calibration of a mask file, or of the first mask of a folder."""
-    from ..engine.evaluation import resolve_mask_set
-    from ..engine.volume_io import open_volume
+    from ..engine.data.volume_io import open_volume
+    from ..engine.evaluation.evaluation import resolve_mask_set
 
     entries, _ = resolve_mask_set(path, "masks")
     with open_volume(entries[0].source) as vol:

@@ -66,8 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.cleanup import CleanupConfig
-    from ..engine.predictor import PredictConfig, Predictor
+    from ..engine.inference.cleanup import CleanupConfig
+    from ..engine.inference.predictor import PredictConfig, Predictor
 
     inputs = collect_inputs(args.inputs)
     cleanup = None

@@ -25,15 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.files import atomic_path
-from ..engine.metrics import scores
-from ..engine.model_store import INT8_NAME, ONNX_NAME, WEIGHTS_NAME, read_model_info
-from ..engine.prediction_output import trained_thresholds
+from ..engine.data.files import atomic_path
+from ..engine.evaluation.metrics import scores
+from ..engine.inference.prediction_output import trained_thresholds
+from ..engine.models.model_store import INT8_NAME, ONNX_NAME, WEIGHTS_NAME, read_model_info
+from ..engine.models.onnx_graph import add_metadata
+from ..engine.models.onnx_metadata import PREFIX, metadata_props, read_onnx_metadata, weights_digest
+from ..engine.models.receptive_field import recommended_tile
 from ..errors import ModelFileError
-from .metadata import PREFIX, metadata_props, read_onnx_metadata
-from .onnx_export import _add_metadata, recommended_tile, weights_digest
 
-__all__ = ["INT8_NAME", "QuantizationReport", "quantize_int8", "int8_agreement", "is_verified_int8",
+__all__ = ["INT8_NAME", "QuantizationReport", "quantize_int8", "int8_agreement",
            "tiles_from_samples", "tiles_from_volume"]
 
 MIN_AGREEMENT = 0.99
@@ -144,26 +145,15 @@ def quantize_int8(model_dir: str | Path, calibration: Sequence[np.ndarray], veri
             props[PREFIX + "int8_agreement"] = json.dumps(agreement)
             props[PREFIX + "int8_verified"] = json.dumps(verified)
             props[PREFIX + "int8_max_abs_diff"] = f"{worst:.6g}"
-            _add_metadata(target, props)
+            add_metadata(target, props)
     return QuantizationReport(out, agreement, worst, verified, min_agreement, len(calibration), len(verification),
                               time.monotonic() - t0)
 
 
-def is_verified_int8(path: Path) -> bool:
-    """An int8 file whose metadata records a passed verification."""
-    import onnx
-
-    try:
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        return bool(json.loads(props.get(PREFIX + "int8_verified", "false")))
-    except Exception:  # unreadable file: treat as not verified
-        return False
-
-
 def tiles_from_samples(samples: Sequence[Any], info: Any, patch_size: Sequence[int], n: int, seed: int) -> list[np.ndarray]:
     """Normalised tiles from labelled samples, half of them centred on labelled voxels."""
-    from ..engine.augment import AugmentConfig
-    from ..engine.sampling import PatchSampler, TrainingVolume
+    from ..engine.training.augment import AugmentConfig
+    from ..engine.training.sampling import PatchSampler, TrainingVolume
 
     vols = [TrainingVolume.prepare(s, info.normalization, info.model.output) for s in samples]
     sampler = PatchSampler(vols, patch_size, 0.5, AugmentConfig.none(), info.model.dims)
@@ -173,8 +163,8 @@ def tiles_from_samples(samples: Sequence[Any], info: Any, patch_size: Sequence[i
 
 def tiles_from_volume(volume: Any, info: Any, tile: Sequence[int], n: int, seed: int) -> list[np.ndarray]:
     """Normalised tiles at random places of an unlabelled stack (for models exported later)."""
-    from ..engine.normalization import apply_normalization, compute_stats
-    from ..engine.volume_io import open_volume
+    from ..engine.data.normalization import apply_normalization, compute_stats
+    from ..engine.data.volume_io import open_volume
 
     vol = open_volume(volume)
     try:

@@ -1,0 +1,735 @@
+"""Training a segmentation network on annotated EM volumes.
+
+What this does that DeepSCEM does not (FIELD_NOTES §1):
+
+- *BatchNorm is recalibrated.* After a short training, running statistics lag far behind the
+  weights and eval-mode predictions collapse (DeepSCEM: F1 0.0). Before every validation and
+  therefore before every saved model, the running statistics are re-estimated with the current
+  weights over ``bn_recalibration_batches`` training batches (cumulative average, "precise BN").
+- *Keep-best keeps the best.* The weights written to ``weights.safetensors`` are those of the
+  best validation epoch, and the result says which epoch that was.
+- *Seeds are set* for the model initialisation, the patch sequence and the augmentations; a
+  run interrupted and resumed produces the same model as an uninterrupted one.
+- *Validation never crashes*: with no validation data the monitor falls back to the training loss,
+  and validation samples are kept apart from training samples whatever their names.
+
+Interruption: Ctrl-C (SIGINT), SIGTERM or a callback's ``should_stop`` end training after the
+current step; the best model, the log and a resumable ``checkpoint.pt`` (written atomically at
+every epoch end and every ``checkpoint_minutes``) stay on disk. A second Ctrl-C aborts at once,
+leaving the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...errors import ConfigError, EmsegWarning, InputDataError, ModelFileError, OutputError
+from ..callbacks import Callback, CallbackList, EpochReport, StepReport
+from ..data.files import atomic_path
+from ..data.normalization import NormalizationConfig
+from ..data.sample import Sample, check_finite, check_min_size, parse_slice_ranges, validate_dataset
+from ..evaluation.metrics import scores
+from ..models.architectures import build_model
+from ..models.device import DeviceChoice, choose_device
+from ..models.model_config import ModelConfig
+from ..models.model_store import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    ModelInfo,
+    load_weights,
+    read_model_info,
+    save_weights,
+    write_model_info,
+)
+from ..models.receptive_field import measure_config_receptive_field
+from .losses import SegmentationLoss
+from .sampling import Batch, BatchStream, PatchSampler, TrainingVolume
+from .train_config import TrainConfig
+from .training_log import LOG_NAME, PLOT_NAME, plot_training_curves, write_log_csv
+
+__all__ = ["TrainResult", "train_model", "CHECKPOINT_NAME", "recalibrate_batchnorm", "split_validation_slices"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced and how it ended."""
+
+    model_dir: Path
+    status: str  # "completed", "early-stopped", "time-limit", "interrupted"
+    epochs_run: int
+    best_epoch: int | None
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    duration_s: float
+    device: str
+    seed: int
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        best = f"best epoch {self.best_epoch}" if self.best_epoch else "no validated epoch"
+        f1 = self.best_metrics.get("val_f1") or {}
+        f1s = ", ".join(f"{k} F1 {v:.3f}" for k, v in f1.items())
+        return f"training {self.status} after {self.epochs_run} epochs ({best}{'; ' + f1s if f1s else ''}); model in {self.model_dir}"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor], choice: DeviceChoice) -> bool:
+    """Re-estimate BatchNorm running statistics with the current weights (cumulative average).
+
+    Returns False when the model has no BatchNorm layer.
+    """
+    bns = [m for m in model.modules() if isinstance(m, _BN_TYPES)]
+    if not bns or not batches:
+        return False
+    was_training = model.training
+    saved = [(m, m.momentum) for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the batches below
+        m.train()
+    try:
+        with torch.no_grad(), choice.autocast():
+            for x in batches:
+                model(x)
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+        model.train(was_training)
+    return True
+
+
+def split_validation_slices(samples: Sequence[Sample], spec: str) -> tuple[list[Sample], list[Sample]]:
+    """Hold out whole slices of every sample for validation, without copying images.
+
+    The slices leave the training sample's annotated region and form the validation
+    sample's region, so 3D patches keep their true z-neighbourhood as input context.
+    """
+    train, val = [], []
+    for s in samples:
+        idx = parse_slice_ranges(spec, s.shape[0])
+        if not idx:
+            raise InputDataError(f"validation slices {spec!r} select nothing; give e.g. '12-15'")
+        held = np.zeros(s.shape, dtype=bool)
+        held[idx] = True
+        base = s.annotated if s.annotated is not None else np.ones(s.shape, dtype=bool)
+        tr_region, va_region = base & ~held, base & held
+        if not tr_region.any():
+            raise InputDataError(f"{s.name}: validation slices {spec!r} leave no annotated slice for training")
+        if not va_region.any():
+            raise InputDataError(f"{s.name}: validation slices {spec!r} contain no annotated voxel")
+        train.append(Sample(s.name, s.image, s.masks, s.class_names, s.calibration, tr_region))
+        val.append(Sample(f"{s.name} (validation slices {spec})", s.image, s.masks, s.class_names, s.calibration, va_region))
+    return train, val
+
+
+class _StopFlag:
+    """Ctrl-C/SIGTERM set a flag checked between steps; a second Ctrl-C aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.reason = ""
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    self._old[sig] = signal.signal(sig, self._handle)
+                except (ValueError, OSError):
+                    pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.reason = "Ctrl-C" if signum == signal.SIGINT else f"signal {signum}"
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _to_device(batch: Batch, choice: DeviceChoice, dims: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    dev = choice.device
+    nb = dev.type == "cuda"
+    x = torch.from_numpy(batch.image)
+    if nb:
+        x = x.pin_memory()
+    x = x.to(dev, non_blocking=nb)
+    if choice.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
+    y = torch.from_numpy(batch.target).to(dev, non_blocking=nb)
+    v = None if batch.valid is None else torch.from_numpy(batch.valid).to(dev, non_blocking=nb)
+    return x, y, v
+
+
+def _lr_lambda(config: TrainConfig, elapsed: Any) -> Any:
+    """LR factor from training progress: the larger of the step fraction and the time fraction.
+
+    (A plain function, not an object, so the scheduler's state_dict does not try to save it.)
+    """
+    total = max(1, config.total_steps)
+    floor = min(config.min_lr / config.learning_rate, 1.0)
+    limit = config.time_limit_minutes * 60 if config.time_limit_minutes else None
+
+    def progress(step: int) -> float:
+        p = min(step, total) / total
+        return min(1.0, max(p, elapsed() / limit)) if limit else p
+
+    if config.lr_schedule == "cosine":
+        return lambda step: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress(step)))
+    if config.lr_schedule == "poly":
+        return lambda step: max(floor, (1 - progress(step)) ** config.poly_power)
+    return lambda step: 1.0
+
+
+def _json_safe(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in row.items()} for row in history]
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class _Trainer:
+    def __init__(self, train_samples: Sequence[Sample], model_dir: Path, model_config: ModelConfig,
+                 config: TrainConfig, normalization: NormalizationConfig, val_samples: Sequence[Sample] | None,
+                 module: nn.Module | None, init_from: Path | None, resume: bool, callbacks: Callback) -> None:
+        self.model_dir = model_dir
+        self.mc = model_config
+        self.cfg = config
+        self.norm = normalization
+        self.cb = callbacks
+        self.resume = resume
+        self.dims = model_config.dims
+        self.seed = int(config.seed) if config.seed is not None else secrets.randbelow(2**31)
+        self.cfg = config.replace(seed=self.seed)
+        self._check_patch()
+
+        if self.cfg.val_slices and val_samples:
+            raise ConfigError("give either validation samples or validation slices, not both")
+        if self.cfg.val_slices:
+            train_samples, val_samples = split_validation_slices(train_samples, self.cfg.val_slices)
+        classes = validate_dataset(train_samples, "training")
+        if tuple(classes) != tuple(model_config.classes):
+            raise InputDataError(
+                f"the training masks are for classes {list(classes)} but the model is for {list(model_config.classes)}; "
+                "give masks for the model's classes in the same order")
+        if val_samples:
+            vclasses = validate_dataset(val_samples, "validation")
+            if tuple(vclasses) != tuple(classes):
+                raise InputDataError(
+                    f"validation classes {list(vclasses)} differ from training classes {list(classes)}; "
+                    "give the same classes in the same order")
+        for s in [*train_samples, *(val_samples or [])]:
+            check_min_size(s, self._patch3, model_config.spatial_multiple)
+            check_finite(s.image, s.name)
+        self.train_samples = list(train_samples)
+        self.val_samples = list(val_samples or [])
+        self.has_val = bool(self.val_samples) and self.cfg.val_steps > 0
+        if not self.has_val:
+            why = "validation is off (0 validation steps)" if self.cfg.val_steps == 0 else \
+                "no validation data (give validation slices or validation images)"
+            warnings.warn(f"{why}; keep-best and early stopping will follow the training loss instead",
+                          EmsegWarning, stacklevel=3)
+            self.monitor = "loss"
+        else:
+            self.monitor = self.cfg.monitor
+
+        if config.threads:
+            torch.set_num_threads(int(config.threads))
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.choice = choose_device(config.device, config.amp, config.channels_last, self.dims)
+        torch.manual_seed(self.seed)
+        self.model = module if module is not None else build_model(model_config)
+        if init_from is not None:
+            self._init_from(init_from)
+        self.model.to(self.choice.device)
+        if self.choice.channels_last:
+            self.model.to(memory_format=torch.channels_last if self.dims == 2 else torch.channels_last_3d)
+        self.loss_fn = SegmentationLoss(self.cfg.loss, model_config.output, model_config.n_classes,
+                                        self.cfg.class_weights).to(self.choice.device)
+        params = self.model.parameters()
+        if self.cfg.optimizer == "adamw":
+            self.opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)
+        else:
+            self.opt = torch.optim.Adam(params, lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)
+        if self.cfg.lr_schedule == "plateau":
+            self.sched: Any = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.opt, mode="min" if self.monitor != "val_f1" else "max", factor=self.cfg.lr_factor,
+                patience=self.cfg.lr_patience, min_lr=self.cfg.min_lr)
+        else:
+            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.cfg, self.elapsed))
+        self.scaler = torch.amp.GradScaler("cuda") if self.choice.uses_scaler else None
+
+        self.train_volumes = [TrainingVolume.prepare(s, normalization, model_config.output) for s in self.train_samples]
+        self.sampler = PatchSampler(self.train_volumes, self.cfg.patch_size, self.cfg.label_focus, self.cfg.augment, self.dims)
+        if not self.sampler.labelled_classes:
+            raise InputDataError("every class is empty in the training data; there is nothing to learn — check the masks")
+        self.val_batches: list[Batch] = []
+        if self.has_val:
+            vvols = [TrainingVolume.prepare(s, normalization, model_config.output) for s in self.val_samples]
+            vs = PatchSampler(vvols, self.cfg.patch_size, self.cfg.label_focus, self.cfg.augment, self.dims)
+            vrng = np.random.default_rng([self.seed, 1])
+            self.val_batches = [vs.batch(self.cfg.batch_size, vrng, augment=False) for _ in range(self.cfg.val_steps)]
+        self.has_bn = any(isinstance(m, _BN_TYPES) for m in self.model.modules())
+
+        # state that a checkpoint carries
+        self.epoch = 0  # completed epochs
+        self.step_in_epoch = 0
+        self.epoch_loss_sum = 0.0
+        self.history: list[dict[str, Any]] = []
+        self.best_value: float | None = None
+        self.best_epoch: int | None = None
+        self.best_metrics: dict[str, Any] = {}
+        self.bad_epochs = 0
+        self.elapsed_before = 0.0
+        self.rng_state: dict[str, Any] = np.random.default_rng([self.seed, 0]).bit_generator.state
+
+    def elapsed(self) -> float:
+        """Training seconds so far, across resumptions."""
+        t0 = getattr(self, "t0", None)  # the scheduler asks before training starts
+        return getattr(self, "elapsed_before", 0.0) + (time.monotonic() - t0 if t0 is not None else 0.0)
+
+    # ------------------------------------------------------------------ setup helpers
+
+    @property
+    def _patch3(self) -> tuple[int, int, int]:
+        p = self.cfg.patch_size
+        return (1, *p) if len(p) == 2 else p  # type: ignore[return-value]
+
+    def _check_patch(self) -> None:
+        p = self.cfg.patch_size
+        if self.dims == 2 and len(p) != 2:
+            if len(p) == 3 and p[0] == 1:
+                self.cfg = self.cfg.replace(patch_size=list(p[1:]))
+            else:
+                raise ConfigError(f"a 2D model needs a (y, x) patch size, got {p}; e.g. 256 256 (--patch-size 256 256)")
+        if self.dims == 3 and len(p) != 3:
+            raise ConfigError(f"a 3D model needs a (z, y, x) patch size, got {p}; e.g. 32 128 128 (--patch-size 32 128 128)")
+        mult = self.mc.spatial_multiple if self.dims == 3 else self.mc.spatial_multiple[1:]
+        bad = [(s, m) for s, m in zip(self.cfg.patch_size, mult, strict=True) if s % m]
+        if bad:
+            fix = " ".join(str(max(m, (s // m) * m)) for s, m in zip(self.cfg.patch_size, mult, strict=True))
+            raise ConfigError(
+                f"patch size {tuple(self.cfg.patch_size)} must be a multiple of {tuple(mult)} for a depth-{self.mc.depth} "
+                f"model ({self.mc.poolings} poolings); use e.g. {fix} (--patch-size {fix})")
+
+    def _init_from(self, path: Path) -> None:
+        info = read_model_info(path)
+        if info.model.architecture != self.mc.architecture or info.model.dims != self.mc.dims:
+            raise ModelFileError(f"{path} is a {info.model.name} model and cannot initialise a {self.mc.name} model")
+        folder = path if path.is_dir() else path.parent
+        mismatched = load_weights(self.model, folder / WEIGHTS_NAME, strict=False)
+        if mismatched:
+            head = [k for k in mismatched if k.startswith("head")]
+            other = [k for k in mismatched if not k.startswith("head")]
+            if other:
+                raise ModelFileError(
+                    f"{path} does not fit this architecture ({len(other)} layers differ, e.g. {other[0]}); "
+                    "fine-tune with the same depth, filters and blocks as the base model")
+            if head:
+                warnings.warn(
+                    f"the base model has classes {list(info.model.classes)}; the output layer was re-initialised "
+                    f"for {list(self.mc.classes)}", EmsegWarning, stacklevel=3)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint_state(self, rng_state: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "format": "fiji-emseg-checkpoint",
+            "version": 1,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "epoch_loss_sum": self.epoch_loss_sum,
+            "history": _json_safe(self.history),
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "best_metrics": self.best_metrics,
+            "bad_epochs": self.bad_epochs,
+            "elapsed": self.elapsed(),
+            "sampler_rng": rng_state,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.choice.device.type == "cuda" else [],
+            "seed": self.seed,
+        }
+
+    def save_checkpoint(self, rng_state: dict[str, Any]) -> None:
+        state = self._checkpoint_state(rng_state)
+        with atomic_path(self.model_dir / CHECKPOINT_NAME, overwrite=True) as tmp:
+            torch.save(state, tmp)
+        self.last_checkpoint = time.monotonic()
+
+    def load_checkpoint(self) -> None:
+        path = self.model_dir / CHECKPOINT_NAME
+        if not path.is_file():
+            raise ModelFileError(f"cannot resume: {path} does not exist (training had not finished its first checkpoint)")
+        try:
+            state = torch.load(path, map_location=self.choice.device, weights_only=True)
+        except Exception as exc:
+            raise ModelFileError(f"cannot resume: {path} is damaged ({exc}); start a new training") from exc
+        if not isinstance(state, dict) or state.get("format") != "fiji-emseg-checkpoint":
+            raise ModelFileError(f"cannot resume: {path} is not a fiji-emseg checkpoint")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ModelFileError(f"cannot resume: {path} does not match the model in {CONFIG_NAME} ({exc})") from exc
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.step_in_epoch = int(state["step_in_epoch"])
+        self.epoch_loss_sum = float(state["epoch_loss_sum"])
+        self.history = list(state["history"])
+        self.best_value = state["best_value"]
+        self.best_epoch = state["best_epoch"]
+        self.best_metrics = dict(state["best_metrics"])
+        self.bad_epochs = int(state["bad_epochs"])
+        self.elapsed_before = float(state["elapsed"])
+        self.rng_state = state["sampler_rng"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if self.choice.device.type == "cuda" and state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda_rng"]])
+
+    # ------------------------------------------------------------------ model description
+
+    def _info(self, status: str, extra: dict[str, Any] | None = None) -> ModelInfo:
+        training = {
+            "status": status,
+            "config": self.cfg.to_dict(),
+            "device": self.choice.describe(),
+            "epochs_run": self.epoch,
+            "best_epoch": self.best_epoch,
+            "best_metrics": self.best_metrics,
+            "monitor": self.monitor,
+            "data": {
+                "train": [{"name": s.name, "shape": list(s.shape)} for s in self.train_samples],
+                "validation": [{"name": s.name, "shape": list(s.shape)} for s in self.val_samples],
+                "calibration": self.train_samples[0].calibration.to_dict(),
+            },
+        }
+        training.update(extra or {})
+        return ModelInfo(model=self.mc, normalization=self.norm, training=training)
+
+    # ------------------------------------------------------------------ validation
+
+    def _bn_batches(self) -> list[torch.Tensor]:
+        if not self.has_bn or self.cfg.bn_recalibration_batches == 0:
+            return []
+        rng = np.random.default_rng([self.seed, 2, self.epoch])
+        out = []
+        for _ in range(self.cfg.bn_recalibration_batches):
+            b = self.sampler.batch(self.cfg.batch_size, rng)
+            out.append(_to_device(b, self.choice, self.dims)[0])
+        return out
+
+    def validate(self) -> tuple[float | None, dict[str, float]]:
+        recalibrate_batchnorm(self.model, self._bn_batches(), self.choice)
+        if not self.has_val:
+            return None, {}
+        self.model.eval()
+        n = self.mc.n_classes
+        tp, fp, fn = np.zeros(n), np.zeros(n), np.zeros(n)
+        losses = []
+        with torch.no_grad():
+            for b in self.val_batches:
+                x, y, v = _to_device(b, self.choice, self.dims)
+                with self.choice.autocast():
+                    logits = self.model(x)
+                losses.append(float(self.loss_fn(logits, y, v)))
+                if self.mc.output == "softmax":
+                    pred_lab = logits.argmax(1)
+                    pred = torch.stack([pred_lab == c + 1 for c in range(n)], 1)
+                    ref = torch.stack([y == c + 1 for c in range(n)], 1)
+                else:
+                    pred = logits > 0
+                    ref = y.bool()
+                if v is not None:
+                    vv = v.unsqueeze(1)
+                    pred, ref = pred & vv, ref & vv
+                dims = [0, *range(2, pred.ndim)]
+                tp += (pred & ref).sum(dims).cpu().numpy()
+                fp += (pred & ~ref).sum(dims).cpu().numpy()
+                fn += (~pred & ref).sum(dims).cpu().numpy()
+        self.model.train()
+        f1 = scores(tp, fp, fn, 0)["f1"]  # both empty: perfect agreement (1.0)
+        return float(np.mean(losses)), {c: float(f) for c, f in zip(self.mc.classes, f1, strict=True)}
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> TrainResult:
+        self.t0 = time.monotonic()
+        self.last_checkpoint = self.t0
+        if self.resume:
+            self.load_checkpoint()
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        write_model_info(self.model_dir, self._info("training"))
+        cfg = self.cfg
+        steps = cfg.steps_per_epoch
+        total = cfg.total_steps
+        start_step = self.epoch * steps + self.step_in_epoch
+        self.cb.on_train_begin({
+            "total_steps": total, "start_step": start_step, "epochs": cfg.epochs, "steps_per_epoch": steps,
+            "device": self.choice.describe(), "model": self.mc.name, "seed": self.seed, "model_dir": str(self.model_dir),
+            "train_samples": len(self.train_samples), "val_batches": len(self.val_batches)})
+        self.cb.on_message(
+            f"training {self.mc.name} ({sum(p.numel() for p in self.model.parameters()):,} parameters) on "
+            f"{self.choice.describe()}; seed {self.seed}; model folder {self.model_dir}")
+        rng = np.random.default_rng()
+        rng.bit_generator.state = self.rng_state
+        status = "completed"
+        self.model.train()
+        stop = _StopFlag()
+        stream = BatchStream(self.sampler, cfg.batch_size, rng)
+        try:
+            with stop:
+                limit = cfg.time_limit_minutes * 60 if cfg.time_limit_minutes else None
+                while self.epoch < cfg.epochs:
+                    out_of_time = False
+                    while self.step_in_epoch < steps:
+                        if stop.requested or self.cb.should_stop():
+                            raise _Stop(stop.reason or "cancelled")
+                        loss = self._train_step(stream.next())
+                        self.step_in_epoch += 1
+                        self.epoch_loss_sum += loss
+                        done = self.epoch * steps + self.step_in_epoch
+                        elapsed = self.elapsed()
+                        rate = elapsed / max(1, done - start_step) if done > start_step else 0.0
+                        self.cb.on_step(StepReport(self.epoch + 1, cfg.epochs, self.step_in_epoch, steps, loss,
+                                                   self._lr(), elapsed, self._eta(rate * (total - done))))
+                        if time.monotonic() - self.last_checkpoint > cfg.checkpoint_minutes * 60:
+                            self.save_checkpoint(stream.resume_state)
+                        if limit is not None and self.elapsed() >= limit:
+                            out_of_time = True
+                            break
+                    stop_early = self._end_epoch(stream.resume_state, start_step)
+                    if out_of_time:
+                        status = "time-limit"
+                        self.cb.on_message(f"time limit of {cfg.time_limit_minutes:g} minutes reached")
+                        break
+                    if stop_early:
+                        status = "early-stopped"
+                        break
+        except _Stop as s:
+            status = "interrupted"
+            self.cb.on_message(f"training stopped ({s}); saving a resumable checkpoint")
+            self.save_checkpoint(stream.resume_state)
+        finally:
+            stream.close()
+        return self._finish(status)
+
+    def _eta(self, by_steps: float) -> float:
+        """Time to the end: the steps left, or the time budget left if that ends first."""
+        if self.cfg.time_limit_minutes:
+            return max(0.0, min(by_steps, self.cfg.time_limit_minutes * 60 - self.elapsed()))
+        return by_steps
+
+    def _lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    def _train_step(self, batch: Batch) -> float:
+        x, y, v = _to_device(batch, self.choice, self.dims)
+        with self.choice.autocast():
+            logits = self.model(x)
+        loss = self.loss_fn(logits, y, v)
+        if not torch.isfinite(loss):
+            raise OutputError(
+                f"training diverged (loss is {float(loss.detach())}) at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}; "
+                "lower the learning rate (e.g. 1e-4, --lr) or check the images for extreme values")
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+        if not isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.sched.step()
+        return float(loss.detach())
+
+    def _end_epoch(self, rng_state: dict[str, Any], start_step: int) -> bool:
+        cfg = self.cfg
+        lr = self._lr()
+        train_loss = self.epoch_loss_sum / max(1, self.step_in_epoch)  # partial when the time ran out
+        val_loss, val_f1 = self.validate()
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_loss_sum = 0.0
+        if self.monitor == "val_f1":
+            value, better = float(np.mean(list(val_f1.values()))), (lambda a, b: a > b)
+        elif self.monitor == "val_loss":
+            value, better = float(val_loss), (lambda a, b: a < b)  # type: ignore[arg-type]
+        else:
+            value, better = train_loss, (lambda a, b: a < b)
+        is_best = self.best_value is None or better(value, self.best_value)
+        if is_best:
+            self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+            self.best_metrics = {"epoch": self.epoch, "loss": train_loss, "val_loss": val_loss, "val_f1": val_f1}
+        else:
+            self.bad_epochs += 1
+        if is_best or not cfg.keep_best:
+            save_weights(self.model, self.model_dir / WEIGHTS_NAME)
+        if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.sched.step(value)
+        elapsed = self.elapsed()
+        done_steps = self.epoch * cfg.steps_per_epoch
+        per_step = elapsed / max(1, done_steps - start_step) if done_steps > start_step else 0.0
+        eta = self._eta(per_step * (cfg.total_steps - done_steps))
+        row: dict[str, Any] = {"epoch": self.epoch, "loss": train_loss, "val_loss": val_loss}
+        for c, f in val_f1.items():
+            row[f"val_f1_{c}"] = f
+        if val_f1:
+            row["val_f1_mean"] = float(np.mean(list(val_f1.values())))
+        row.update({"lr": lr, "elapsed_s": elapsed, "best": int(is_best)})
+        self.history.append(row)
+        write_log_csv(self.model_dir / LOG_NAME, self.history)
+        try:
+            plot_training_curves(self.model_dir / PLOT_NAME, self.history, f"{self.mc.name} — {', '.join(self.mc.classes)}")
+        except OutputError:
+            raise
+        except Exception as exc:  # a plotting problem must never lose a training run
+            warnings.warn(f"could not draw the training plot ({exc})", EmsegWarning, stacklevel=2)
+        self.save_checkpoint(rng_state)
+        self.cb.on_epoch_end(EpochReport(self.epoch, cfg.epochs, train_loss, val_loss, val_f1, lr, elapsed, eta,
+                                         is_best, self.best_epoch))
+        return bool(cfg.early_stopping and self.bad_epochs >= cfg.early_stopping)
+
+    def calibrate_thresholds(self) -> dict[str, Any]:
+        """Per-class mask thresholds chosen on the validation volumes with the saved (best) weights."""
+        if not (self.has_val and self.cfg.calibrate_thresholds and self.mc.output == "sigmoid"):
+            return {}
+        from .threshold_calibration import calibrate_thresholds
+
+        device = str(self.choice.device) if self.choice.device.type == "cuda" else "cpu"
+        try:
+            result = calibrate_thresholds(self.model_dir, self.val_samples, device,
+                                          trust_custom_code=self.mc.architecture != "unet", log=self.cb.on_message)
+        except Exception as exc:  # an optimisation of the masks: the model is complete without it
+            warnings.warn(f"could not choose mask thresholds on the validation data ({exc}); prediction uses 0.5",
+                          EmsegWarning, stacklevel=2)
+            return {}
+        return result.as_info() if result is not None else {}
+
+    def _finish(self, status: str) -> TrainResult:
+        weights = self.model_dir / WEIGHTS_NAME
+        if not weights.exists():  # stopped before the first epoch ended: keep what there is
+            recalibrate_batchnorm(self.model, self._bn_batches(), self.choice)
+            save_weights(self.model, weights)
+        rf = measure_config_receptive_field(self.mc) if self.mc.architecture == "unet" else None
+        elapsed = self.elapsed()
+        info = self._info(status, {"duration_s": round(elapsed, 1)})
+        info.receptive_field = rf
+        write_model_info(self.model_dir, info)  # complete and loadable before thresholds are chosen with it
+        calibration = self.calibrate_thresholds() if status != "interrupted" else {}
+        if calibration:
+            info.training.update(calibration)
+            write_model_info(self.model_dir, info)
+        result = TrainResult(
+            model_dir=self.model_dir, status=status, epochs_run=self.epoch, best_epoch=self.best_epoch,
+            best_metrics=self.best_metrics, history=self.history, duration_s=elapsed, device=self.choice.describe(),
+            seed=self.seed,
+            files={"config": self.model_dir / CONFIG_NAME, "weights": weights, "log": self.model_dir / LOG_NAME,
+                   "plot": self.model_dir / PLOT_NAME, "checkpoint": self.model_dir / CHECKPOINT_NAME})
+        self.cb.on_train_end(result)
+        return result
+
+
+class _Stop(Exception):
+    pass
+
+
+_OUR_FILES = (CONFIG_NAME, WEIGHTS_NAME, CHECKPOINT_NAME, LOG_NAME, PLOT_NAME, "model.onnx")
+
+
+def _prepare_model_dir(model_dir: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not (model_dir / CONFIG_NAME).is_file():
+            raise ModelFileError(f"cannot resume: {model_dir} holds no model (no {CONFIG_NAME}); check the folder")
+        for stale in model_dir.glob(".*.part*"):  # temporary files of a run that was killed mid-write
+            stale.unlink(missing_ok=True)
+        return
+    if model_dir.exists() and not model_dir.is_dir():
+        raise OutputError(f"{model_dir} is a file; give a folder name for the model")
+    if model_dir.is_dir():
+        existing = [p.name for p in model_dir.iterdir() if p.name in _OUR_FILES]
+        if existing and not overwrite:
+            raise OutputError(
+                f"{model_dir} already holds a model ({', '.join(sorted(existing))}); choose another folder, "
+                "resume it (--resume), or replace it (--overwrite)")
+        if overwrite:
+            for name in existing:
+                (model_dir / name).unlink()
+
+
+def train_model(train_samples: Sequence[Sample], model_dir: str | Path, *,
+                model_config: ModelConfig | None = None,
+                config: TrainConfig | None = None,
+                normalization: NormalizationConfig | None = None,
+                val_samples: Sequence[Sample] | None = None,
+                module: nn.Module | None = None,
+                init_from: str | Path | None = None,
+                resume: bool = False,
+                overwrite: bool = False,
+                epochs: int | None = None,
+                callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train a network on *train_samples* and save it in *model_dir*.
+
+    ``model_config`` defaults to DeepSCEM's default U-Net for the samples' classes. ``module``
+    lets you train your own network (it must match ``model_config``'s classes and output mode).
+    ``init_from`` fine-tunes an existing model (its architecture and normalisation are reused).
+    ``resume`` continues an interrupted run in ``model_dir`` from its checkpoint, with the
+    settings saved there; ``epochs`` may extend it.
+    """
+    model_dir = Path(model_dir)
+    _prepare_model_dir(model_dir, resume, overwrite)
+    if not train_samples:
+        raise InputDataError("no training samples given; give at least one image with its masks")
+    classes = train_samples[0].class_names
+    cfg = config or TrainConfig()
+    norm = normalization or NormalizationConfig()
+    init_path = Path(init_from) if init_from is not None else None
+    if resume:
+        info = read_model_info(model_dir)
+        saved = info.training.get("config")
+        if not saved:
+            raise ModelFileError(f"cannot resume: {model_dir / CONFIG_NAME} records no training settings")
+        cfg = TrainConfig.from_dict(saved)
+        model_config, norm = info.model, info.normalization
+    elif init_path is not None:
+        base = read_model_info(init_path)
+        model_config = model_config or base.model.with_classes(classes)
+        norm = normalization or base.normalization
+    if epochs is not None:
+        cfg = cfg.replace(epochs=int(epochs))
+    mc = model_config or ModelConfig(classes=tuple(classes))
+    if module is not None and mc.architecture == "unet" and model_config is None:
+        raise ConfigError("when you bring your own module, also give the ModelConfig that describes it (classes, dims, output)")
+    trainer = _Trainer(train_samples, model_dir, mc, cfg, norm, val_samples, module, init_path, resume,
+                       CallbackList(callbacks))
+    return trainer.run()
