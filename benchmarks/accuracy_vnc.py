@@ -20,8 +20,11 @@ Presets:
   units. Mask thresholds are calibrated on the validation slices at the end of training.
 - ``default`` (default with a GPU): DeepSCEM's published model and schedule (64 epochs x 256
   steps, batch 8, Adam 1e-3), with our cosine schedule and keep-best.
+- ``plan``: the training planner (``fiji_emseg.engine.training.planner``) given only the time
+  budget; it fingerprints the training slices and measures step times on this machine. Give
+  several presets (``--preset cpu plan``) to compare them in the same run.
 
-    python benchmarks/accuracy_vnc.py [--classes mito membrane] [--preset cpu|default]
+    python benchmarks/accuracy_vnc.py [--classes mito membrane] [--preset cpu|default|plan ...]
                                       [--minutes mito=30 membrane=20] [--device auto]
 """
 
@@ -54,53 +57,66 @@ def _parse_minutes(values: list[str] | None) -> dict[str, float]:
 
 
 def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir: Path, seed: int,
-              quiet: bool, overrides: dict[str, object], tta: bool) -> dict[str, object]:
+              quiet: bool, overrides: dict[str, object], tta: bool, data: Path = DATA,
+              split: tuple[slice, slice, slice] = (TRAIN, VAL, TEST)) -> dict[str, object]:
     from fiji_emseg.engine.callbacks import TqdmTrainingCallback
     from fiji_emseg.engine.data.sample import Sample, as_binary_mask
     from fiji_emseg.engine.data.volume_io import read_volume
     from fiji_emseg.engine.evaluation.evaluation import evaluate
     from fiji_emseg.engine.inference.predictor import PredictConfig, predict
     from fiji_emseg.engine.models.model_config import ModelConfig
+    from fiji_emseg.engine.training.fingerprint import fingerprint
+    from fiji_emseg.engine.training.planner import plan_training
     from fiji_emseg.engine.training.train_config import TrainConfig
     from fiji_emseg.engine.training.trainer import train_model
     from fiji_emseg.export.onnx_export import export_onnx
 
-    image, cal = read_volume(DATA / "image.tif")
-    mask = as_binary_mask(read_volume(DATA / f"{cls}.tif")[0], f"{cls}.tif")
-    train = Sample("vnc train 0-11", image[TRAIN], mask[None, TRAIN], (cls,), cal)
-    val = Sample("vnc validation 12-15", image[VAL], mask[None, VAL], (cls,), cal)
+    train_z, val_z, test_z = split
+    image, cal = read_volume(data / "image.tif")
+    mask = as_binary_mask(read_volume(data / f"{cls}.tif")[0], f"{cls}.tif")
+    train = Sample(f"{data.name} train {train_z.start}-{train_z.stop - 1}", image[train_z], mask[None, train_z], (cls,), cal)
+    val = Sample(f"{data.name} validation {val_z.start}-{val_z.stop - 1}", image[val_z], mask[None, val_z], (cls,), cal)
     filters = int(overrides.pop("filters", 16 if preset == "cpu" else 32))  # type: ignore[call-overload]
     model = ModelConfig(classes=(cls,), filters=filters)
-    if preset == "cpu":
+    plan_text = ""
+    if preset == "plan":
+        base = TrainConfig(seed=seed, device=device, val_steps=8)
+        plan = plan_training(fingerprint([train]), classes=(cls,), time_limit_minutes=minutes, device=device, base=base)
+        plan_text = plan.describe()
+        print(plan_text, flush=True)
+        model, cfg = plan.model_config((cls,)), plan.train_config(base)
+    elif preset == "cpu":
         cfg = TrainConfig(epochs=1000, steps_per_epoch=100, batch_size=8, patch_size=(256, 256), learning_rate=2e-3,
                           lr_schedule="cosine", loss="dice_ce", label_focus=0.5, val_steps=8, seed=seed, device=device,
                           time_limit_minutes=minutes)
     else:
         cfg = TrainConfig(seed=seed, device=device, time_limit_minutes=minutes)
     cfg = cfg.replace(**overrides)
-    model_dir = workdir / f"model_{cls}"
+    model_dir = workdir / f"model_{cls}_{preset}"
     t0 = time.monotonic()
     result = train_model([train], model_dir, model_config=model, config=cfg, val_samples=[val],
                          callbacks=[TqdmTrainingCallback(disable=quiet)])
     train_min = (time.monotonic() - t0) / 60
     export_onnx(model_dir)
-    pred = predict(model_dir, image[TEST], workdir / f"pred_{cls}", config=PredictConfig(tta=tta), name="test",
+    pred = predict(model_dir, image[test_z], workdir / f"pred_{cls}", config=PredictConfig(tta=tta), name="test",
                    calibration=cal, overwrite=True)
-    report = evaluate(mask[TEST], workdir / f"pred_{cls}" / f"test_{cls}_mask.tif", class_names=[cls], objects=False)
+    report = evaluate(mask[test_z], workdir / f"pred_{cls}" / f"test_{cls}_mask.tif", class_names=[cls], objects=False)
     row = report.summary.iloc[0]
     return {"class": cls, "f1": float(row["f1"]), "iou": float(row["iou"]), "precision": float(row["precision"]),
             "recall": float(row["recall"]), "tta": tta, "threshold": pred.plan.get("thresholds"), "loss": cfg.loss, "label_focus": cfg.label_focus,
             "f1_slice_mean": float(row["f1_slice_mean"]), "f1_slice_std": float(row["f1_slice_std"]),
             "train_minutes": round(train_min, 2), "epochs": result.epochs_run, "best_epoch": result.best_epoch,
             "status": result.status, "device": result.device, "model": model.name,
-            "predict_voxels_per_s": pred.voxels_per_second, "preset": preset}
+            "predict_voxels_per_s": pred.voxels_per_second, "preset": preset,
+            "patch_size": list(cfg.patch_size), "filters": model.filters, "dims": model.dims, "plan": plan_text}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", nargs="+", default=["mito", "membrane"], choices=["mito", "membrane", "synapse",
                                                                                         "glia_extracellular"])
-    parser.add_argument("--preset", choices=("auto", "cpu", "default"), default="auto")
+    parser.add_argument("--preset", nargs="+", choices=("auto", "cpu", "default", "plan"), default=["auto"],
+                        help="one or more presets, each trained and tested in this run (default auto: cpu, or default on a GPU)")
     parser.add_argument("--minutes", nargs="+", metavar="CLASS=MIN", help="training budget per class (CPU defaults: mito=30 membrane=20)")
     parser.add_argument("--no-limit", action="store_true", help="no time budget (the default preset's full schedule)")
     parser.add_argument("--device", default="auto")
@@ -119,20 +135,21 @@ def main() -> int:
 
     warnings.simplefilter("ignore")
     gpu = torch.cuda.is_available() and args.device != "cpu"
-    preset = args.preset if args.preset != "auto" else ("default" if gpu else "cpu")
+    presets = [p if p != "auto" else ("default" if gpu else "cpu") for p in args.preset]
     budgets = _parse_minutes(args.minutes)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for cls in args.classes:
-            minutes = None if args.no_limit else budgets.get(cls)
-            print(f"== {cls}: preset {preset}, budget {minutes if minutes else 'none'} min", flush=True)
-            overrides: dict[str, object] = {k: v for k, v in (("loss", args.loss), ("label_focus", args.label_focus),
-                                                              ("filters", args.filters)) if v is not None}
-            rows.append(run_class(cls, preset, minutes, args.device, work, args.seed, args.quiet, overrides, args.tta))
-            print(json.dumps(rows[-1]), flush=True)
-    print("\nclass      F1     IoU    F1/slice        train   | DeepSCEM F1  IoU   (min) | target")
+            for preset in presets:
+                minutes = None if args.no_limit else budgets.get(cls)
+                print(f"== {cls}: preset {preset}, budget {minutes if minutes else 'none'} min", flush=True)
+                overrides: dict[str, object] = {k: v for k, v in (("loss", args.loss), ("label_focus", args.label_focus),
+                                                                  ("filters", args.filters)) if v is not None}
+                rows.append(run_class(cls, preset, minutes, args.device, work, args.seed, args.quiet, overrides, args.tta))
+                print(json.dumps(rows[-1]), flush=True)
+    print("\nclass     preset  F1     IoU    F1/slice        train   | DeepSCEM F1  IoU   (min) | target")
     for r in rows:
         ref = REFERENCE.get(str(r["class"]))
         tgt = (f"F1 >= {GPU_TARGET[r['class']]:.2f} (GPU)" if gpu and r["class"] in GPU_TARGET else
@@ -142,7 +159,7 @@ def main() -> int:
             goal = GPU_TARGET[r["class"]] if gpu else CPU_TARGET[r["class"]][0]
             met = "met" if float(r["f1"]) >= goal else "NOT met"
         ref_txt = f"{ref[0]:.3f}  {ref[1]:.3f} ({ref[2]})" if ref else ""
-        print(f"{r['class']:9s} {r['f1']:.3f}  {r['iou']:.3f}  {r['f1_slice_mean']:.3f}±{r['f1_slice_std']:.3f}  "
+        print(f"{r['class']:9s} {r['preset']:7s} {r['f1']:.3f}  {r['iou']:.3f}  {r['f1_slice_mean']:.3f}±{r['f1_slice_std']:.3f}  "
               f"{r['train_minutes']:5.1f} min | {ref_txt:22s} | {tgt} {met}")
         if ref:
             print(f"          ratio to DeepSCEM: F1 x{float(r['f1']) / ref[0]:.3f}, training time x{float(r['train_minutes']) / ref[2]:.2f}")

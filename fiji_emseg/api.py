@@ -1,7 +1,8 @@
 """High-level Python API: what the command line and the Fiji commands call.
 
 >>> from fiji_emseg.api import TrainRequest, train, predict
->>> result = train(TrainRequest("mito_model", images=["stack.tif"], masks=[["mito.tif"]], val_slices="12-15"))
+>>> result = train(TrainRequest("mito_model", images=["stack.tif"], masks=[["mito.tif"]], plan="auto",
+...                             train=TrainConfig(val_slices="12-15", time_limit_minutes=30)))
 >>> pred = predict("mito_model", "other_stack.tif")        # in memory: xarray DataArrays
 >>> pred.masks.sel(**{"class": "mito"})                      # dims (z, y, x, class)
 
@@ -17,12 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .engine.callbacks import Callback
+from .engine.callbacks import Callback, CallbackList
 from .engine.data.normalization import NormalizationConfig
 from .engine.data.sample import Sample, load_sample
 from .engine.inference.predictor import PredictConfig, PredictionResult, Predictor, predict
 from .engine.models.model_config import ModelConfig
 from .engine.training.augment import AugmentConfig
+from .engine.training.fingerprint import fingerprint
+from .engine.training.planner import TrainingPlan, estimate_minutes, plan_training
+from .engine.training.step_probe import probe_step_seconds
 from .engine.training.train_config import TrainConfig
 from .engine.training.trainer import TrainResult, train_model
 from .errors import ConfigError, EmsegWarning, InputDataError
@@ -58,21 +62,34 @@ class TrainRequest:
     #: Also write a verified int8 model for fast CPU prediction (calibrated on the training data).
     int8_export: bool = True
     trust_custom_code: bool = False
+    #: ``auto``: plan the model and schedule from the data, the hardware and the time budget
+    #: (``train.time_limit_minutes``, default 30 min on a CPU); the options named in
+    #: ``model_overrides``/``train_overrides`` win over the plan. ``none``: ``model`` and ``train`` as given.
+    plan: str = "none"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    train_overrides: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_cli(cls, a: argparse.Namespace) -> TrainRequest:
-        dims = a.dims
+        # Options the planner chooses are None unless given; given ones override the plan.
+        given_model = {k: v for k, v in (("dims", a.dims), ("depth", a.depth), ("filters", a.filters)) if v is not None}
+        given_train = {k: v for k, v in (
+            ("epochs", a.epochs), ("steps_per_epoch", a.steps), ("batch_size", a.batch_size),
+            ("patch_size", tuple(a.patch_size) if a.patch_size else None), ("loss", a.loss), ("learning_rate", a.lr),
+            ("lr_schedule", a.schedule), ("label_focus", a.label_focus)) if v is not None}
+        dims = a.dims or 2
         patch = tuple(a.patch_size) if a.patch_size else ((256, 256) if dims == 2 else (32, 128, 128))
         augment = AugmentConfig.none() if a.no_augment else AugmentConfig(
             flips=not a.no_flips, rot90=not a.no_rot90, brightness=a.brightness, contrast=a.contrast,
             gamma=a.gamma, noise=a.noise)
         train_cfg = TrainConfig(
-            epochs=a.epochs or 64, steps_per_epoch=a.steps, batch_size=a.batch_size, patch_size=patch, loss=a.loss,
-            class_weights=tuple(a.class_weights) if a.class_weights else None, optimizer=a.optimizer,
-            learning_rate=a.lr, weight_decay=a.weight_decay, lr_schedule=a.schedule, lr_patience=a.lr_patience,
+            epochs=a.epochs or 64, steps_per_epoch=a.steps or 256, batch_size=a.batch_size or 8, patch_size=patch,
+            loss=a.loss or "dice", class_weights=tuple(a.class_weights) if a.class_weights else None,
+            optimizer=a.optimizer, learning_rate=a.lr or 1e-3, weight_decay=a.weight_decay,
+            lr_schedule=a.schedule or "cosine", lr_patience=a.lr_patience,
             lr_factor=a.lr_factor, min_lr=a.min_lr, val_steps=a.val_steps, val_slices=a.val_slices,
             keep_best=not a.no_keep_best, monitor=a.monitor, early_stopping=a.early_stopping,
-            label_focus=a.label_focus, augment=augment, seed=a.seed, device=a.device, amp=a.amp,
+            label_focus=0.8 if a.label_focus is None else a.label_focus, augment=augment, seed=a.seed, device=a.device, amp=a.amp,
             threads=a.threads, deterministic=a.deterministic, bn_recalibration_batches=a.bn_recalibration,
             checkpoint_minutes=a.checkpoint_minutes, time_limit_minutes=a.time_limit)
         norm = None
@@ -83,7 +100,7 @@ class TrainRequest:
             if a.norm_high is not None:
                 kw["high"] = a.norm_high
             norm = NormalizationConfig(**kw)
-        model = {"dims": dims, "depth": a.depth, "filters": a.filters, "blocks_per_level": a.blocks,
+        model = {"dims": dims, "depth": a.depth or 5, "filters": a.filters or 32, "blocks_per_level": a.blocks,
                  "convs_per_block": a.convs, "residual": not a.plain, "norm": a.norm_layer, "dropout": a.dropout,
                  "kernel_size": a.kernel_size, "output": a.output, "z_poolings": a.z_poolings,
                  "architecture": a.architecture}
@@ -97,7 +114,8 @@ class TrainRequest:
                    normalization=norm, init_from=a.init_from, resume=a.resume, overwrite=a.overwrite,
                    resume_epochs=a.epochs if a.resume else None,
                    export_onnx=not a.no_export, fp16_export=a.fp16_export, int8_export=not a.no_int8,
-                   trust_custom_code=a.trust_custom_code)
+                   trust_custom_code=a.trust_custom_code, plan=a.plan, model_overrides=given_model,
+                   train_overrides=given_train)
 
 
 def load_samples(images: Sequence[Any], masks: Sequence[Sequence[Any]], class_names: Sequence[str] | None = None,
@@ -135,16 +153,70 @@ def train(request: TrainRequest, callbacks: Sequence[Callback] = ()) -> TrainRes
         val = load_samples(r.val_images, r.val_masks, r.class_names or samples[0].class_names,
                            dataset=r.val_dataset, role="validation")
     model_config = None
-    if not r.resume and r.init_from is None:
+    cfg, plan = r.train, None
+    messages = CallbackList(callbacks)
+    if r.plan not in ("auto", "none"):
+        raise ConfigError(f"unknown plan {r.plan!r}; use 'auto' (plan from the data, hardware and time budget) or 'none'")
+    if r.plan == "auto" and not r.resume:
+        plan, cfg, model_kw = plan_request(r, samples)
+        messages.on_message(plan.describe())
+        if r.init_from is None:
+            model_config = ModelConfig(classes=samples[0].class_names, **model_kw)
+    elif not r.resume and r.init_from is None:
         model_config = ModelConfig(classes=samples[0].class_names, **r.model)
-    result = train_model(samples, r.model_dir, model_config=model_config, config=r.train, normalization=r.normalization,
+    if not r.resume and plan is None:
+        warn_before_the_wait(model_config or _init_model(r, samples), cfg, messages)
+    result = train_model(samples, r.model_dir, model_config=model_config, config=cfg, normalization=r.normalization,
                          val_samples=val or None, init_from=r.init_from, resume=r.resume, overwrite=r.overwrite,
-                         epochs=r.resume_epochs if r.resume else None, callbacks=callbacks)
+                         epochs=r.resume_epochs if r.resume else None, callbacks=callbacks,
+                         plan=None if plan is None else plan.to_dict())
     if r.export_onnx and result.status != "interrupted":
         result.files.update(export_trained_model(
             result.model_dir, fp16=r.fp16_export, trust_custom_code=r.trust_custom_code,
             int8_from=(samples, val or samples) if r.int8_export else None))
     return result
+
+
+def _init_model(r: TrainRequest, samples: Sequence[Sample]) -> ModelConfig:
+    from .engine.models.model_store import read_model_info
+
+    assert r.init_from is not None
+    return read_model_info(r.init_from).model.with_classes(samples[0].class_names)
+
+
+def plan_request(r: TrainRequest, samples: Sequence[Sample]) -> tuple[TrainingPlan, TrainConfig, dict[str, Any]]:
+    """The plan for *r* on *samples*: (plan, the TrainConfig to run, the ModelConfig fields)."""
+    model_over = dict(r.model_overrides)
+    if r.init_from is not None:  # fine-tuning keeps the architecture it starts from
+        base = _init_model(r, samples)
+        model_over.update(dims=base.dims, depth=base.depth, filters=base.filters)
+    plan = plan_training(fingerprint(samples), classes=tuple(samples[0].class_names),
+                         time_limit_minutes=r.train.time_limit_minutes, device=r.train.device,
+                         model_overrides=model_over, train_overrides=r.train_overrides, base=r.train)
+    model_kw = {**{k: v for k, v in r.model.items() if k not in plan.model}, **plan.model}
+    return plan, plan.train_config(r.train), model_kw
+
+
+#: A schedule expected to take longer than this on a CPU, without a time limit, gets a warning.
+LONG_CPU_MINUTES = 120.0
+
+
+def warn_before_the_wait(model_config: ModelConfig, cfg: TrainConfig, messages: Callback) -> float:
+    """Say how long *cfg* will take on this machine (measured step time); warn when it is hours on a CPU."""
+    probe = probe_step_seconds(model_config, cfg)
+    minutes = estimate_minutes(probe.seconds_per_step, cfg)
+    messages.on_message(f"expected training time on this machine: about {_duration(minutes)} "
+                        f"({cfg.total_steps} steps at {probe.seconds_per_step:.3g} s/step, measured on {probe.device})")
+    if probe.device == "cpu" and minutes > LONG_CPU_MINUTES and not cfg.time_limit_minutes:
+        warnings.warn(
+            f"this schedule takes about {_duration(minutes)} on this CPU; give a time budget instead "
+            "(emseg train ... --time-limit 30, or time_limit_minutes=30 with plan='auto'), and the planner fits "
+            "a smaller, faster model and schedule into it", EmsegWarning, stacklevel=3)
+    return minutes
+
+
+def _duration(minutes: float) -> str:
+    return f"{minutes / 60:.1f} h" if minutes >= 90 else f"{max(minutes, 0.1):.1f} min" if minutes < 10 else f"{minutes:.0f} min"
 
 
 def export_trained_model(model_dir: str | Path, *, fp16: bool = False, trust_custom_code: bool = False,

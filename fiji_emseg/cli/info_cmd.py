@@ -47,5 +47,10 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"training:       {tr.get('status', '?')}, {tr.get('epochs_run', '?')} epochs on {tr.get('device', '?')}")
         if best:
             lines.append(f"best epoch:     {best.get('epoch')} (" + ", ".join(f"{k} F1 {v:.3f}" for k, v in f1.items()) + ")")
+        plan = tr.get("plan")
+        if isinstance(plan, dict):
+            from ..engine.training.planner import TrainingPlan
+
+            lines.append("plan:           " + TrainingPlan.from_dict(plan).describe().replace("\n", "\n                "))
     print("\n".join(lines))
     return 0

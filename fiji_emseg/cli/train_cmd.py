@@ -10,12 +10,15 @@ HELP = "train a segmentation model on annotated EM stacks"
 DESCRIPTION = """\
 Train a U-Net on one or more EM stacks with one binary mask stack per class, and save it in
 MODEL_DIR (config.json, weights.safetensors, model.onnx, training_log.csv, training_curves.png,
-checkpoint.pt). Defaults reproduce DeepSCEM's published setup (2D residual U-Net, depth 5,
-32 filters; Adam 1e-3, batch 8, 256x256 patches, 64 epochs x 256 steps, Dice loss) without its
-defects. Ctrl-C stops cleanly: the best model and a resumable checkpoint stay on disk.
+checkpoint.pt). By default the planner chooses the model and schedule from the data, this
+machine and the time budget (--time-limit, default 30 min on a CPU) and prints its reasons;
+every option you give overrides it. --plan none gives DeepSCEM's published setup (2D residual
+U-Net, depth 5, 32 filters; Adam 1e-3, batch 8, 256x256 patches, 64 epochs x 256 steps, Dice
+loss) without its defects. Ctrl-C stops cleanly: the best model and a resumable checkpoint stay
+on disk.
 
 examples:
-  emseg train mito_model --image stack.tif --masks mito.tif --val-slices 12-15
+  emseg train mito_model --image stack.tif --masks mito.tif --val-slices 12-15 --time-limit 30
   emseg train model --image a.tif --masks a_mito.tif a_er.tif --image b.tif --masks b_mito.tif b_er.tif \\
       --classes mito er --output softmax --epochs 100
   emseg train model --dataset deepscem_train.h5 --val-dataset deepscem_val.h5
@@ -26,6 +29,12 @@ examples:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("train", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir", metavar="MODEL_DIR", help="folder to write the model into (created; must not hold a model)")
+    add_training_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """Every option of ``emseg train`` after MODEL_DIR (``emseg plan`` takes the same)."""
     d = p.add_argument_group("training data")
     d.add_argument("--image", action="append", metavar="IMAGE", help="EM stack (TIFF, .npy or .zarr); repeat for several samples")
     d.add_argument("--masks", action="append", nargs="+", metavar="MASK",
@@ -43,9 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     v.add_argument("--val-dataset", metavar="H5", help="DeepSCEM HDF5 validation dataset")
     v.add_argument("--val-steps", type=int, default=8, help="validation batches per epoch, fixed patches (default 8; 0 = none)")
     m = p.add_argument_group("model")
-    m.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2D (default) or 3D U-Net")
-    m.add_argument("--depth", type=int, default=5, help="levels; depth 5 = four 2x poolings (default 5)")
-    m.add_argument("--filters", type=int, default=32, help="filters of the first level, doubled per level (default 32)")
+    m.add_argument("--dims", type=int, choices=(2, 3), help="2D or 3D U-Net (default: planned; 2D with --plan none)")
+    m.add_argument("--depth", type=int, help="levels; depth 5 = four 2x poolings (default: planned; 5 with --plan none)")
+    m.add_argument("--filters", type=int, help="filters of the first level, doubled per level (default: planned; 32 with --plan none)")
     m.add_argument("--blocks", type=int, default=1, help="blocks per level (default 1)")
     m.add_argument("--convs", type=int, default=2, help="convolutions per block (default 2)")
     m.add_argument("--plain", action="store_true", help="plain blocks instead of residual blocks")
@@ -60,18 +69,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     m.add_argument("--architecture", default="unet", help="'unet' or 'package.module:builder' for your own torch module")
     m.add_argument("--init-from", metavar="MODEL", help="fine-tune from an existing model folder")
     t = p.add_argument_group("optimisation")
-    t.add_argument("--epochs", type=int, help="epochs (default 64; with --resume: extend the run to this many)")
-    t.add_argument("--steps", type=int, default=256, help="steps per epoch (default 256)")
-    t.add_argument("--batch-size", type=int, default=8, help="patches per step (default 8)")
+    t.add_argument("--epochs", type=int, help="epochs (default: planned, 64 with --plan none; with --resume: extend the run to this many)")
+    t.add_argument("--steps", type=int, help="steps per epoch (default: planned; 256 with --plan none)")
+    t.add_argument("--batch-size", type=int, help="patches per step (default: planned; 8 with --plan none)")
     t.add_argument("--patch-size", nargs="+", type=int, default=None, metavar="N",
-                   help="patch size: Y X for 2D (default 256 256), Z Y X for 3D (default 32 128 128)")
-    t.add_argument("--loss", choices=("dice", "weighted_dice", "ce", "dice_ce", "focal", "mse"), default="dice",
-                   help="loss function (default dice)")
+                   help="patch size: Y X for 2D, Z Y X for 3D (default: planned; 256 256 or 32 128 128 with --plan none)")
+    t.add_argument("--loss", choices=("dice", "weighted_dice", "ce", "dice_ce", "focal", "mse"),
+                   help="loss function (default: planned, dice_ce; dice with --plan none)")
     t.add_argument("--class-weights", nargs="+", type=float, metavar="W", help="one weight per class for weighted losses")
     t.add_argument("--optimizer", choices=("adam", "adamw"), default="adam", help="optimizer (default adam)")
-    t.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    t.add_argument("--lr", type=float, help="learning rate (default: planned, 2e-3; 1e-3 with --plan none)")
     t.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
-    t.add_argument("--schedule", choices=("constant", "plateau", "cosine", "poly"), default="cosine",
+    t.add_argument("--schedule", choices=("constant", "plateau", "cosine", "poly"),
                    help="learning-rate schedule (default cosine)")
     t.add_argument("--lr-patience", type=int, default=4, help="plateau schedule: epochs before reducing (default 4)")
     t.add_argument("--lr-factor", type=float, default=0.5, help="plateau schedule: reduction factor (default 0.5)")
@@ -81,9 +90,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--early-stopping", type=int, default=0, metavar="EPOCHS",
                    help="stop after this many epochs without improvement (default 0 = never)")
     t.add_argument("--time-limit", type=float, metavar="MINUTES",
-                   help="stop after this many minutes; the LR schedule anneals over the budget (default: none)")
-    t.add_argument("--label-focus", type=float, default=0.8,
-                   help="fraction of patches centred on a labelled voxel of a random class (default 0.8)")
+                   help="time budget: the planner fits the model and schedule into it, training stops at it and the LR "
+                        "schedule anneals over it (default: 30 min on a CPU, 15 on a GPU with --plan auto; none with --plan none)")
+    t.add_argument("--plan", choices=("auto", "none"), default="auto",
+                   help="auto (default): choose 2D/3D, patch, width, batch, loss and steps from the data, this machine "
+                        "and the time budget (see 'emseg plan'); every option you give overrides the plan. "
+                        "none: DeepSCEM's defaults for every option not given")
+    t.add_argument("--label-focus", type=float,
+                   help="fraction of patches centred on a labelled voxel of a random class (default: planned, 0.5; 0.8 with --plan none)")
     a = p.add_argument_group("augmentation")
     a.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     a.add_argument("--no-flips", action="store_true", help="no flips")
@@ -115,7 +129,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "training data and used only when its masks agree with fp32 to >= 0.99 Dice)")
     r.add_argument("--trust-custom-code", action="store_true", help="allow --init-from models with custom architectures")
     add_progress_flags(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

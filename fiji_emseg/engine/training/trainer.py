@@ -213,8 +213,10 @@ def _json_safe(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class _Trainer:
     def __init__(self, train_samples: Sequence[Sample], model_dir: Path, model_config: ModelConfig,
                  config: TrainConfig, normalization: NormalizationConfig, val_samples: Sequence[Sample] | None,
-                 module: nn.Module | None, init_from: Path | None, resume: bool, callbacks: Callback) -> None:
+                 module: nn.Module | None, init_from: Path | None, resume: bool, callbacks: Callback,
+                 plan: dict[str, Any] | None = None) -> None:
         self.model_dir = model_dir
+        self.plan = plan
         self.mc = model_config
         self.cfg = config
         self.norm = normalization
@@ -433,6 +435,8 @@ class _Trainer:
                 "calibration": self.train_samples[0].calibration.to_dict(),
             },
         }
+        if self.plan is not None:
+            training["plan"] = self.plan
         training.update(extra or {})
         return ModelInfo(model=self.mc, normalization=self.norm, training=training)
 
@@ -697,14 +701,16 @@ def train_model(train_samples: Sequence[Sample], model_dir: str | Path, *,
                 resume: bool = False,
                 overwrite: bool = False,
                 epochs: int | None = None,
-                callbacks: Sequence[Callback] = ()) -> TrainResult:
+                callbacks: Sequence[Callback] = (),
+                plan: dict[str, Any] | None = None) -> TrainResult:
     """Train a network on *train_samples* and save it in *model_dir*.
 
     ``model_config`` defaults to DeepSCEM's default U-Net for the samples' classes. ``module``
     lets you train your own network (it must match ``model_config``'s classes and output mode).
     ``init_from`` fine-tunes an existing model (its architecture and normalisation are reused).
     ``resume`` continues an interrupted run in ``model_dir`` from its checkpoint, with the
-    settings saved there; ``epochs`` may extend it.
+    settings saved there; ``epochs`` may extend it. ``plan`` (a ``TrainingPlan.to_dict()``) is
+    saved in config.json beside the settings it produced.
     """
     model_dir = Path(model_dir)
     _prepare_model_dir(model_dir, resume, overwrite)
@@ -721,6 +727,7 @@ def train_model(train_samples: Sequence[Sample], model_dir: str | Path, *,
             raise ModelFileError(f"cannot resume: {model_dir / CONFIG_NAME} records no training settings")
         cfg = TrainConfig.from_dict(saved)
         model_config, norm = info.model, info.normalization
+        plan = info.training.get("plan")
     elif init_path is not None:
         base = read_model_info(init_path)
         model_config = model_config or base.model.with_classes(classes)
@@ -731,5 +738,5 @@ def train_model(train_samples: Sequence[Sample], model_dir: str | Path, *,
     if module is not None and mc.architecture == "unet" and model_config is None:
         raise ConfigError("when you bring your own module, also give the ModelConfig that describes it (classes, dims, output)")
     trainer = _Trainer(train_samples, model_dir, mc, cfg, norm, val_samples, module, init_path, resume,
-                       CallbackList(callbacks))
+                       CallbackList(callbacks), plan)
     return trainer.run()

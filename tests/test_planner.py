@@ -1,0 +1,222 @@
+"""The training planner: fingerprints of known data, plans that follow the data, budget and device,
+overrides, the measured duration estimate, the saved plan, and the robust threshold rule."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fiji_emseg.api import TrainRequest, plan_request, warn_before_the_wait
+from fiji_emseg.engine.callbacks import Callback, StepReport
+from fiji_emseg.engine.data.sample import Sample
+from fiji_emseg.engine.data.volume_io import Calibration
+from fiji_emseg.engine.models.model_config import ModelConfig
+from fiji_emseg.engine.training.fingerprint import DataFingerprint, fingerprint
+from fiji_emseg.engine.training.planner import TrainingPlan, plan_training
+from fiji_emseg.engine.training.step_probe import probe_step_seconds
+from fiji_emseg.engine.training.threshold_calibration import THRESHOLD_GRID, choose_threshold
+from fiji_emseg.engine.training.train_config import TrainConfig
+from fiji_emseg.engine.training.trainer import train_model
+from fiji_emseg.errors import EmsegWarning
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMSEG_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def discs(shape: tuple[int, int, int], radius: int, z_length: int, voxel: tuple[float, float, float],
+          spacing: int = 48, seed: int = 0) -> Sample:
+    """Cylinders of a known radius (px) spanning *z_length* slices, on a grid, with a noisy image."""
+    z, y, x = shape
+    mask = np.zeros(shape, np.uint8)
+    yy, xx = np.mgrid[:y, :x]
+    disk = np.zeros((y, x), bool)
+    for cy in range(spacing // 2, y - radius, spacing):
+        for cx in range(spacing // 2, x - radius, spacing):
+            disk |= (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+    for z0 in range(0, z - z_length + 1, z_length + 2):
+        mask[z0:z0 + z_length][:, disk] = 1
+    rng = np.random.default_rng(seed)
+    image = (100 + 80 * mask + rng.normal(0, 5, shape)).clip(0, 255).astype(np.uint8)
+    return Sample("discs", image, mask[None], ("mito",), Calibration(voxel, "nm"))
+
+
+def constant_timer(seconds: float):  # noqa: ANN201 - a test double for the measured step time
+    return lambda mc, cfg: seconds
+
+
+def test_fingerprint_measures_voxel_size_anisotropy_object_sizes_and_annotation() -> None:
+    s = discs((20, 160, 160), radius=10, z_length=6, voxel=(50.0, 5.0, 5.0))
+    region = np.zeros(s.shape, bool)
+    region[0:14, 8:152, 16:144] = True  # cylinders at z 0-5 and 8-13 lie whole inside
+    s = Sample(s.name, s.image, s.masks, s.class_names, s.calibration, annotated=region)
+    fp = fingerprint([s])
+    assert fp.voxel_size == (50.0, 5.0, 5.0) and fp.unit == "nm"
+    assert fp.anisotropy == pytest.approx(10.0)
+    assert fp.annotated_slices == 14 and fp.longest_annotated_run == 14
+    assert fp.annotated_yx == (144, 128)
+    assert fp.annotated_voxels == 14 * 144 * 128
+    mito = fp.classes[0]
+    area = np.pi * 10 ** 2
+    assert mito.diameter_median_px == pytest.approx(2 * np.sqrt(area / np.pi), rel=0.06)  # a 10 px disc: 20 px
+    assert mito.z_extent_median == 6  # objects span 6 slices
+    in_region = s.masks[0][region].mean()
+    assert mito.foreground_fraction == pytest.approx(in_region, rel=0.02)
+    assert fp.intensity_percentiles["p1"] < fp.intensity_percentiles["p50"] < fp.intensity_percentiles["p99.8"]
+    assert DataFingerprint.from_dict(json.loads(json.dumps(fp.to_dict()))) == fp
+
+
+def test_plan_follows_voxel_size_object_size_budget_and_device() -> None:
+    classes = ("mito",)
+    aniso = fingerprint([discs((20, 160, 160), 10, 6, (50.0, 5.0, 5.0))])
+    iso = fingerprint([discs((20, 160, 160), 10, 6, (5.0, 5.0, 5.0))])
+    a = plan_training(aniso, classes=classes, time_limit_minutes=10, device="cpu", step_timer=constant_timer(0.5))
+    b = plan_training(iso, classes=classes, time_limit_minutes=10, device="cpu", step_timer=constant_timer(0.5))
+    assert a.model["dims"] == 2 and b.model["dims"] == 3
+    raw = discs((20, 160, 160), 10, 6, (1.0, 1.0, 1.0))
+    raw.calibration = Calibration((1.0, 1.0, 1.0), "pixel")  # a TIFF without a voxel size
+    u = plan_training(fingerprint([raw]), classes=classes, time_limit_minutes=10, device="cpu",
+                      step_timer=constant_timer(0.5))
+    assert u.model["dims"] == 2 and "no voxel size" in u.reasons[0]
+    assert any("anisotropic" in r for r in a.reasons) and any("isotropic" in r for r in b.reasons)
+    # 3D patches are no deeper than the annotated run and fit the spatial multiple
+    pz, py, px = b.train["patch_size"]
+    mult = ModelConfig(classes=classes, **b.model).spatial_multiple
+    assert pz <= 20 and pz % mult[0] == 0 and py % mult[1] == 0
+    # larger objects -> larger patches (up to the CPU cap)
+    big = fingerprint([discs((8, 320, 320), 40, 3, (50.0, 5.0, 5.0), spacing=100)])
+    c = plan_training(big, classes=classes, time_limit_minutes=10, device="cpu", step_timer=constant_timer(0.5))
+    assert a.train["patch_size"] == [128, 128] and c.train["patch_size"] == [256, 256]
+    # the budget sets the steps; the cosine schedule anneals over it
+    d = plan_training(aniso, classes=classes, time_limit_minutes=40, device="cpu", step_timer=constant_timer(0.5))
+    steps_a = a.train["epochs"] * a.train["steps_per_epoch"]
+    steps_d = d.train["epochs"] * d.train["steps_per_epoch"]
+    assert 3.5 < steps_d / steps_a < 4.5
+    assert steps_a * 0.5 <= 10 * 60 and d.train["time_limit_minutes"] == 40 and d.train["lr_schedule"] == "cosine"
+    assert abs(a.estimated_minutes - 10) < 1.5
+    # a GPU gets a wider net and more per step; a slower machine fewer steps
+    g = plan_training(aniso, classes=classes, time_limit_minutes=10, device="cuda", step_timer=constant_timer(0.05))
+    assert g.device == "cuda" and g.model["filters"] == 32 and a.model["filters"] == 16
+    slow = plan_training(aniso, classes=classes, time_limit_minutes=10, device="cpu", step_timer=constant_timer(2.0))
+    assert slow.train["epochs"] * slow.train["steps_per_epoch"] < steps_a
+    # no budget given: a default one, and the plan says so
+    e = plan_training(aniso, classes=classes, device="cpu", step_timer=constant_timer(0.5))
+    assert e.budget_minutes == 30 and "no time limit given" in e.reasons[0]
+
+
+def test_explicit_options_override_the_plan(tmp_path: Path) -> None:
+    from fiji_emseg.cli.main import build_parser
+
+    s = discs((10, 128, 128), 10, 4, (50.0, 5.0, 5.0))
+    args = build_parser().parse_args([
+        "train", str(tmp_path / "m"), "--image", "x.tif", "--masks", "y.tif", "--filters", "4", "--depth", "2",
+        "--patch-size", "64", "64", "--batch-size", "2", "--loss", "dice", "--time-limit", "1"])
+    request = TrainRequest.from_cli(args)
+    assert request.plan == "auto"
+    assert request.model_overrides == {"filters": 4, "depth": 2}
+    assert request.train_overrides == {"patch_size": (64, 64), "batch_size": 2, "loss": "dice"}
+    plan, cfg, model_kw = plan_request(request, [s])
+    assert model_kw["filters"] == 4 and model_kw["depth"] == 2 and model_kw["dims"] == 2
+    assert cfg.patch_size == (64, 64) and cfg.batch_size == 2 and cfg.loss == "dice"
+    assert cfg.label_focus == 0.5 and cfg.learning_rate == 2e-3  # not given: planned
+    assert sorted(plan.overridden) == ["batch_size", "depth", "filters", "loss", "patch_size"]
+    none = TrainRequest.from_cli(build_parser().parse_args(["train", "m", "--image", "x", "--masks", "y", "--plan", "none"]))
+    assert none.plan == "none" and none.train == TrainConfig(seed=None) and none.model["filters"] == 32
+
+
+class _StepTimes(Callback):
+    def __init__(self) -> None:
+        self.t: list[float] = []
+
+    def on_step(self, report: StepReport) -> None:
+        self.t.append(time.perf_counter())
+
+
+def test_duration_estimate_is_within_2x_of_the_measured_step_time(tmp_path: Path) -> None:
+    s = discs((6, 96, 96), 8, 3, (50.0, 5.0, 5.0))
+    mc = ModelConfig(classes=("mito",), depth=3, filters=8)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=24, batch_size=4, patch_size=(64, 64), val_steps=0, seed=0,
+                      bn_recalibration_batches=0, calibrate_thresholds=False, device="cpu")
+    estimate = probe_step_seconds(mc, cfg, use_cache=False).seconds_per_step
+    times = _StepTimes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmsegWarning)
+        train_model([s], tmp_path / "m", model_config=mc, config=cfg, callbacks=[times])
+    measured = statistics.median(np.diff(times.t[4:]))
+    assert 0.5 <= estimate / measured <= 2.0, (estimate, measured)
+
+
+def test_a_long_cpu_schedule_without_a_budget_is_announced_and_warned() -> None:
+    mc = ModelConfig(classes=("mito",), depth=2, filters=4)
+    long = TrainConfig(epochs=5000, steps_per_epoch=256, batch_size=2, patch_size=(32, 32), device="cpu")
+    said: list[str] = []
+
+    class Say(Callback):
+        def on_message(self, text: str) -> None:
+            said.append(text)
+
+    with pytest.warns(EmsegWarning, match="--time-limit 30"):
+        minutes = warn_before_the_wait(mc, long, Say())
+    assert minutes > 120 and "expected training time" in said[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EmsegWarning)  # with a budget: announced, not warned
+        warn_before_the_wait(mc, long.replace(time_limit_minutes=30), Say())
+
+
+def test_plan_is_saved_in_config_json_reloaded_identically_and_shown_by_info(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from fiji_emseg.api import train
+    from fiji_emseg.cli.main import main
+
+    s = discs((8, 96, 96), 8, 3, (50.0, 5.0, 5.0))
+    request = TrainRequest(tmp_path / "m", images=[s.image], masks=[[s.masks[0]]], class_names=["mito"],
+                           plan="auto", export_onnx=False,
+                           model_overrides={"depth": 2, "filters": 4},
+                           train_overrides={"patch_size": (64, 64), "batch_size": 2, "steps_per_epoch": 5, "epochs": 2,
+                                            "val_steps": 1},
+                           train=TrainConfig(time_limit_minutes=1, seed=0, device="cpu", bn_recalibration_batches=1,
+                                             val_slices="6-7"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmsegWarning)
+        train(request)
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())["training"]
+    plan = TrainingPlan.from_dict(saved["plan"])
+    assert TrainingPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    assert saved["config"]["loss"] == plan.train["loss"] == "dice_ce"
+    assert saved["config"]["epochs"] == 2 and saved["config"]["patch_size"] == [64, 64]
+    assert main(["info", str(tmp_path / "m")]) == 0
+    assert "plan:" in capsys.readouterr().out
+
+
+def test_robust_threshold_rule_moves_only_for_consistent_gains() -> None:
+    t = len(THRESHOLD_GRID)
+    half = int(np.argmin(np.abs(THRESHOLD_GRID - 0.5)))
+    base = 0.9 - 0.001 * np.abs(np.arange(t) - half)
+    # every slice gains ~0.03 at 0.3: a real shift -> moves down
+    consistent = np.stack([base + 0.03 * np.exp(-((np.arange(t) - half + 4) ** 2) / 4) + 0.001 * k for k in range(6)])
+    pooled = consistent.mean(axis=0)
+    i = choose_threshold(pooled, consistent, half)
+    assert THRESHOLD_GRID[i] < 0.5
+    # one slice gains a lot at 0.8, the others lose: noise -> stays at 0.5 (argmax would move)
+    noisy = np.stack([base.copy() for _ in range(6)])
+    bump = np.exp(-((np.arange(t) - half - 6) ** 2) / 2)
+    noisy[0] += 0.2 * bump
+    noisy[1:] -= 0.02 * bump
+    pooled = noisy.mean(axis=0)
+    assert THRESHOLD_GRID[choose_threshold(pooled, noisy, half, "argmax")] > 0.5
+    assert choose_threshold(pooled, noisy, half) == half
+    # a flat plateau of equal gain from 0.25 to 0.45: its centre, not its edge
+    flat = np.stack([base.copy() for _ in range(5)])
+    plateau = (THRESHOLD_GRID >= 0.25) & (THRESHOLD_GRID <= 0.45)
+    flat[:, plateau] = 0.95 + 0.0005 * np.arange(5)[:, None]
+    flat[:, np.flatnonzero(plateau)[0]] += 1e-4  # the arg-max sits at the edge
+    chosen = THRESHOLD_GRID[choose_threshold(flat.mean(axis=0), flat, half)]
+    assert chosen == pytest.approx(0.35)
+    # a single slice gives no measure of noise: stay
+    assert choose_threshold(consistent[0], consistent[:1], half) == half
