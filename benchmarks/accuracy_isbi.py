@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget per preset (default 20)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hard-fraction", type=float, help="error-driven sampling: share of patches at hard examples")
     parser.add_argument("--keep", metavar="DIR", help="keep models and predictions in DIR")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args()
@@ -44,7 +45,8 @@ def main() -> int:
         work.mkdir(parents=True, exist_ok=True)
         for preset in args.preset:
             print(f"== membrane: preset {preset}, budget {args.minutes:g} min", flush=True)
-            rows.append(run_class("membrane", preset, args.minutes, args.device, work, args.seed, args.quiet, {}, False,
+            rows.append(run_class("membrane", preset, args.minutes, args.device, work, args.seed, args.quiet,
+                                  {} if args.hard_fraction is None else {"hard_fraction": args.hard_fraction}, False,
                                   data=DATA, split=SPLIT))
             print(json.dumps(rows[-1]), flush=True)
     print("\nclass     preset  F1     IoU    precision recall  train")

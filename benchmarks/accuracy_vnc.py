@@ -124,6 +124,7 @@ def main() -> int:
     parser.add_argument("--loss", help="override the preset's loss (e.g. dice_ce)")
     parser.add_argument("--label-focus", type=float, help="override the preset's label focus")
     parser.add_argument("--filters", type=int, help="override the preset's filters")
+    parser.add_argument("--hard-fraction", type=float, help="error-driven sampling: share of patches at hard examples")
     parser.add_argument("--tta", action="store_true", help="predict the test slices with test-time augmentation")
     parser.add_argument("--keep", metavar="DIR", help="keep models and predictions in DIR (default: a temporary folder)")
     parser.add_argument("-q", "--quiet", action="store_true")
@@ -146,7 +147,8 @@ def main() -> int:
                 minutes = None if args.no_limit else budgets.get(cls)
                 print(f"== {cls}: preset {preset}, budget {minutes if minutes else 'none'} min", flush=True)
                 overrides: dict[str, object] = {k: v for k, v in (("loss", args.loss), ("label_focus", args.label_focus),
-                                                                  ("filters", args.filters)) if v is not None}
+                                                                  ("filters", args.filters),
+                                                                  ("hard_fraction", args.hard_fraction)) if v is not None}
                 rows.append(run_class(cls, preset, minutes, args.device, work, args.seed, args.quiet, overrides, args.tta))
                 print(json.dumps(rows[-1]), flush=True)
     print("\nclass     preset  F1     IoU    F1/slice        train   | DeepSCEM F1  IoU   (min) | target")

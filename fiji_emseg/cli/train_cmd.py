@@ -98,6 +98,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "none: DeepSCEM's defaults for every option not given")
     t.add_argument("--label-focus", type=float,
                    help="fraction of patches centred on a labelled voxel of a random class (default: planned, 0.5; 0.8 with --plan none)")
+    t.add_argument("--hard-fraction", type=float, metavar="F",
+                   help="error-driven sampling: share of patches centred where the current model is most wrong on the "
+                        "training data, re-mined every 2 epochs (default 0 = off)")
     a = p.add_argument_group("augmentation")
     a.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     a.add_argument("--no-flips", action="store_true", help="no flips")

@@ -7,6 +7,10 @@ Finding a labelled voxel must not require a list of every positive coordinate of
 so each class keeps a coarse *occupancy grid*: voxel counts per (1 × 32 × 32) block. A block is
 drawn with probability proportional to its count, then a voxel inside it — exactly uniform over
 labelled voxels, at a memory cost of 1/1024 of the volume.
+
+With ``hard_fraction`` > 0 and hard examples set (:meth:`PatchSampler.set_hard_examples`, mined
+from the model's own errors during training, see :mod:`.hard_examples`), that share of the
+patches is centred, with a small random shift, on places where the current model is most wrong.
 """
 
 from __future__ import annotations
@@ -118,13 +122,19 @@ class PatchSampler:
     """Draws augmented training patches from several :class:`TrainingVolume` objects."""
 
     def __init__(self, volumes: Sequence[TrainingVolume], patch_size: Sequence[int], label_focus: float,
-                 augment: AugmentConfig, dims: int) -> None:
+                 augment: AugmentConfig, dims: int, hard_fraction: float = 0.0) -> None:
         if not 0.0 <= label_focus <= 1.0:
             raise InputDataError(f"label focus must be a fraction between 0 and 1, got {label_focus}")
         self.volumes = list(volumes)
         ps = tuple(int(p) for p in patch_size)
         self.patch = (1, *ps) if len(ps) == 2 else ps
         self.label_focus = label_focus
+        if not 0.0 <= hard_fraction < 1.0:
+            raise InputDataError(f"hard-example fraction must be in [0, 1), got {hard_fraction}")
+        self.hard_fraction = hard_fraction
+        #: (N, 4) int64 rows (volume, z, y, x) and their (N,) sampling probabilities; None until mined.
+        self.hard_centres: np.ndarray | None = None
+        self.hard_weights: np.ndarray | None = None
         self.augment = augment
         self.dims = dims
         self.n_classes = len(self.volumes[0].class_grids)
@@ -139,8 +149,50 @@ class PatchSampler:
     def _start(self, centre: tuple[int, int, int], shape: tuple[int, int, int]) -> tuple[int, int, int]:
         return tuple(int(min(max(c - p // 2, 0), s - p)) for c, p, s in zip(centre, self.patch, shape, strict=True))  # type: ignore[return-value]
 
+    def set_hard_examples(self, centres: np.ndarray | None, weights: np.ndarray | None) -> None:
+        """Centres (volume, z, y, x) where the model errs, with weights; None or empty clears them.
+
+        Not thread-safe against a running :class:`BatchStream`: the trainer restarts its stream
+        around this call, so which batches use the new centres does not depend on thread timing.
+        """
+        if centres is None or len(centres) == 0:
+            self.hard_centres = self.hard_weights = None
+            return
+        w = np.asarray(weights, np.float64)
+        self.hard_centres = np.asarray(centres, np.int64).reshape(-1, 4)
+        self.hard_weights = w / w.sum()
+
+    def random_location(self, rng: np.random.Generator) -> tuple[int, tuple[int, int, int]]:
+        """(volume, patch start) placed at random, inside the annotated region when there is one."""
+        vi = int(rng.choice(len(self.volumes), p=self._volume_weights))
+        vol = self.volumes[vi]
+        if vol.region_grid is not None:
+            return vi, self._start(vol.region_grid.sample(rng), vol.shape)
+        return vi, tuple(int(rng.integers(0, s - p + 1)) for s, p in zip(vol.shape, self.patch, strict=True))  # type: ignore[return-value]
+
+    def extract(self, vi: int, start: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The normalised image, target and valid mask of the patch of volume *vi* at *start*."""
+        vol = self.volumes[vi]
+        sl = tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=True))
+        image = apply_normalization(vol.image[sl], vol.stats)
+        target = vol.target[(slice(None), *sl)] if vol.target.ndim == 4 else vol.target[sl]
+        if vol.valid is not None:
+            valid: np.ndarray | None = vol.valid[sl]
+        elif self.has_region:
+            valid = np.ones(self.patch, dtype=bool)
+        else:
+            valid = None
+        return image, target, valid
+
     def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
         """One (image, target, valid, focused) patch, before augmentation."""
+        if self.hard_centres is not None and self.hard_fraction > 0 and rng.random() < self.hard_fraction:
+            k = int(rng.choice(len(self.hard_centres), p=self.hard_weights))
+            vi, *centre = (int(v) for v in self.hard_centres[k])
+            jitter = [int(rng.integers(-(p // 4), p // 4 + 1)) for p in self.patch]
+            vol = self.volumes[vi]
+            start = self._start(tuple(c + j for c, j in zip(centre, jitter, strict=True)), vol.shape)  # type: ignore[arg-type]
+            return (*self.extract(vi, start), False)
         focused = bool(self.labelled_classes) and rng.random() < self.label_focus
         if focused:
             c = self.labelled_classes[int(rng.integers(len(self.labelled_classes)))]
@@ -152,22 +204,8 @@ class PatchSampler:
             centre = grid.sample(rng)
             start = self._start(centre, vol.shape)
         else:
-            vi = int(rng.choice(len(self.volumes), p=self._volume_weights))
-            vol = self.volumes[vi]
-            if vol.region_grid is not None:
-                start = self._start(vol.region_grid.sample(rng), vol.shape)
-            else:
-                start = tuple(int(rng.integers(0, s - p + 1)) for s, p in zip(vol.shape, self.patch, strict=True))  # type: ignore[assignment]
-        sl = tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=True))
-        image = apply_normalization(vol.image[sl], vol.stats)
-        target = vol.target[(slice(None), *sl)] if vol.target.ndim == 4 else vol.target[sl]
-        if vol.valid is not None:
-            valid: np.ndarray | None = vol.valid[sl]
-        elif self.has_region:
-            valid = np.ones(self.patch, dtype=bool)
-        else:
-            valid = None
-        return image, target, valid, focused
+            vi, start = self.random_location(rng)
+        return (*self.extract(vi, start), focused)
 
     def batch(self, batch_size: int, rng: np.random.Generator, augment: bool = True) -> Batch:
         images, targets, valids, focus = [], [], [], []

@@ -72,6 +72,12 @@ class TrainConfig:
     threads: int | None = None
     #: Use only deterministic kernels (slower on GPU); CPU results are repeatable either way.
     deterministic: bool = False
+    #: Error-driven sampling: share of patches centred where the current model is most wrong on
+    #: the training data (0 = off), re-mined every ``hard_every`` epochs from ``hard_candidates``
+    #: random patches, of which the worst quarter are kept.
+    hard_fraction: float = 0.0
+    hard_every: int = 2
+    hard_candidates: int = 64
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -108,6 +114,10 @@ class TrainConfig:
             raise ConfigError(f"time limit must be positive minutes, got {self.time_limit_minutes}")
         if self.checkpoint_minutes <= 0:
             raise ConfigError("checkpoint_minutes must be positive")
+        if not 0.0 <= self.hard_fraction < 1.0:
+            raise ConfigError(f"hard-example fraction must be in [0, 1) (e.g. 0.25), got {self.hard_fraction}")
+        if self.hard_every < 1 or self.hard_candidates < 1:
+            raise ConfigError("hard_every and hard_candidates must be at least 1")
 
     @property
     def total_steps(self) -> int:

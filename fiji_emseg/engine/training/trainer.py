@@ -285,7 +285,8 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.choice.uses_scaler else None
 
         self.train_volumes = [TrainingVolume.prepare(s, normalization, model_config.output) for s in self.train_samples]
-        self.sampler = PatchSampler(self.train_volumes, self.cfg.patch_size, self.cfg.label_focus, self.cfg.augment, self.dims)
+        self.sampler = PatchSampler(self.train_volumes, self.cfg.patch_size, self.cfg.label_focus, self.cfg.augment, self.dims,
+                                    self.cfg.hard_fraction)
         if not self.sampler.labelled_classes:
             raise InputDataError("every class is empty in the training data; there is nothing to learn — check the masks")
         self.val_batches: list[Batch] = []
@@ -375,6 +376,8 @@ class _Trainer:
             "bad_epochs": self.bad_epochs,
             "elapsed": self.elapsed(),
             "sampler_rng": rng_state,
+            "hard_centres": None if self.sampler.hard_centres is None else torch.from_numpy(self.sampler.hard_centres),
+            "hard_weights": None if self.sampler.hard_weights is None else torch.from_numpy(self.sampler.hard_weights),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.choice.device.type == "cuda" else [],
             "seed": self.seed,
@@ -414,6 +417,8 @@ class _Trainer:
         self.bad_epochs = int(state["bad_epochs"])
         self.elapsed_before = float(state["elapsed"])
         self.rng_state = state["sampler_rng"]
+        if state.get("hard_centres") is not None:
+            self.sampler.set_hard_examples(state["hard_centres"].numpy(), state["hard_weights"].numpy())
         torch.set_rng_state(state["torch_rng"].cpu())
         if self.choice.device.type == "cuda" and state.get("cuda_rng"):
             torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda_rng"]])
@@ -531,6 +536,16 @@ class _Trainer:
                         if limit is not None and self.elapsed() >= limit:
                             out_of_time = True
                             break
+                    if (cfg.hard_fraction > 0 and not out_of_time and (self.epoch + 1) % cfg.hard_every == 0
+                            and self.epoch + 1 < cfg.epochs):
+                        # re-mine between epochs with the stream stopped, so the switch to the new
+                        # centres happens at the same batch in every run (and after a resume)
+                        state = stream.resume_state
+                        stream.close()
+                        self._mine_hard_examples()
+                        rng = np.random.default_rng()
+                        rng.bit_generator.state = state
+                        stream = BatchStream(self.sampler, cfg.batch_size, rng)
                     stop_early = self._end_epoch(stream.resume_state, start_step)
                     if out_of_time:
                         status = "time-limit"
@@ -576,6 +591,15 @@ class _Trainer:
         if not isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.sched.step()
         return float(loss.detach())
+
+    def _mine_hard_examples(self) -> None:
+        from .hard_examples import mine_hard_examples
+
+        found = mine_hard_examples(self.model, self.sampler, self.choice, self.mc.output,
+                                   candidates=self.cfg.hard_candidates, keep_fraction=0.25,
+                                   batch_size=self.cfg.batch_size, rng=np.random.default_rng([self.seed, 3, self.epoch]))
+        self.sampler.set_hard_examples(found.centres, found.weights)
+        self.cb.on_message(found.describe())
 
     def _end_epoch(self, rng_state: dict[str, Any], start_step: int) -> bool:
         cfg = self.cfg
