@@ -107,8 +107,10 @@ def plan_candidates(source: ModelSource, backend: str = "auto", device: str = "a
                                      "CPU: PyTorch bf16 (this CPU has bf16 units)" if bf16_pays and precision == "auto"
                                      else f"CPU: PyTorch, as asked, on the {torch_fmt} weights"))
             if backend in ("auto", "onnxruntime") and onnx_ok:
+                fresh = source.kind == "folder" and not format_named("onnx_fp32").status(source).usable
                 out.append(Candidate("onnxruntime", "cpu", "fp32" if onnx_precision is None else onnx_precision,
-                                     "CPU: ONNX Runtime fp32" + (" (no verified int8 model)" if not int8 else "")))
+                                     "CPU: ONNX Runtime fp32" + (" (no verified int8 model)" if not int8 else "")
+                                     + (", exported on the fly (no current model.onnx)" if fresh else "")))
             elif backend == "auto" and torch_fmt is not None and not want_torch:
                 out.append(Candidate("torch", "cpu", precision, f"CPU: PyTorch on the {torch_fmt} weights (no ONNX weights)"))
     return out
