@@ -129,8 +129,8 @@ def _crop(image: Any, info: ModelInfo, crop: tuple[int, ...] | None) -> np.ndarr
             v = max(m, min(w, n) // s * s)
             if v > n:
                 raise InputDataError(
-                    f"the test crop needs at least {mins[3 - mc.dims:]} voxels (z, y, x)[-{mc.dims}:] for this model, but the "
-                    f"sample stack is {shape}; give a larger --sample stack")
+                    f"the test crop needs at least {mins[3 - mc.dims:]} voxels ({', '.join('zyx'[3 - mc.dims:])}) for this "
+                    f"model, but the sample stack is {shape} (z, y, x); give a larger --sample stack")
             size.append(v)
         start = [(n - v) // 2 for n, v in zip(shape, size, strict=True)]
         return np.asarray(vol[start[0]:start[0] + size[0], start[1]:start[1] + size[1], start[2]:start[2] + size[2]])
