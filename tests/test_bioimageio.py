@@ -121,7 +121,7 @@ def test_round_trip_on_real_vnc_crop_equals_the_model_folder(packaged: dict, tmp
     folder = packaged["2d_sigmoid"][0]
     real = tifffile.imread(VNC, key=range(3))[:, 100:420, 200:520]  # 3 slices of 320², several tiles each
     stack = tmp_path / "vnc_crop.tif"
-    tifffile.imwrite(stack, real)
+    tifffile.imwrite(stack, real, photometric="minisblack")
     zip_path = tmp_path / "vnc_model.zip"
     report = package_model(folder, zip_path, stack)
     assert report.test_shape == (1, 1, 256, 256)
