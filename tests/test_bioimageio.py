@@ -256,3 +256,29 @@ def test_package_refuses_to_overwrite_and_a_too_small_sample(packaged: dict, tmp
     with pytest.raises(InputDataError, match="larger --sample"):
         package_model(folder, tmp_path / "small.zip", image[:1, :8, :8])
     assert not (tmp_path / "small.zip").exists()
+
+
+@pytest.mark.slow
+def test_masks_package_declares_thresholds_as_binarize_and_passes(packaged: dict, tmp_path: Path) -> None:
+    from bioimageio.core import test_model
+
+    folder, _, image = packaged["2d_sigmoid"]
+    with pytest.raises(Exception, match="argmax"):
+        package_model(packaged["2d_softmax"][0], tmp_path / "softmax_masks.zip", image, masks=True)
+    zip_path = tmp_path / "masks.zip"
+    package_model(folder, zip_path, image, masks=True, weight_formats=("onnx",))
+    summary = test_model(zip_path, weight_format="onnx")
+    assert summary.status == "passed", _failures(summary)
+    with zipfile.ZipFile(zip_path) as zf:
+        rdf = YAML(typ="safe").load(zf.read("rdf.yaml"))
+        out = np.load(zf.open("test_output.npy"))
+    assert out.dtype == np.uint8 and set(np.unique(out)) <= {0, 1}
+    assert rdf["outputs"][0]["postprocessing"][0]["id"] == "binarize"
+
+    def foreign(rdf: dict) -> None:
+        rdf.pop("config", None)
+        rdf["outputs"][0]["postprocessing"][0]["kwargs"]["threshold"] = [0.3]
+
+    other = _rewrite(zip_path, tmp_path / "other.zip", foreign)
+    with Predictor(other, FP32) as p:  # another tool's binarize threshold is the mask threshold here
+        assert p.thresholds() == (0.3,)

@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--description", help="one-sentence description (default: generated)")
     p.add_argument("--weights", nargs="+", choices=("onnx", "torchscript", "pytorch_state_dict"),
                    default=["onnx", "torchscript", "pytorch_state_dict"], help="weight formats to include (default all)")
+    p.add_argument("--masks", action="store_true",
+                   help="sigmoid models: declare the mask thresholds as binarize postprocessing (output 0/1 masks, not probabilities)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing package")
     p.add_argument("--trust-custom-code", action="store_true", help="allow models with custom architectures")
     p.set_defaults(func=run)
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = package_model(args.model, args.output, args.sample, crop=tuple(args.crop) if args.crop else None,
                            authors=tuple(args.author), license=args.license, description=args.description,
-                           weight_formats=tuple(args.weights), overwrite=args.overwrite,
+                           weight_formats=tuple(args.weights), masks=args.masks, overwrite=args.overwrite,
                            trust_custom_code=args.trust_custom_code, log=lambda m: print(m, file=sys.stderr))
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -15,10 +15,11 @@ written. What goes in:
 - a generated README, a cover image (overlay PNG), citations, tags, and ``config.fiji_emseg``
   holding our ``config.json``, so fiji-emseg reads its own packages back without loss.
 
-Mask thresholds stay in ``config.fiji_emseg`` and the README rather than a ``binarize`` step:
-the package's output is the probability map (what deepImageJ users threshold and what softmax
-models need for argmax), and reproducing binarised test tensors would hinge on voxels within
-floating-point noise of the threshold.
+By default the package's output is the probability map (what deepImageJ users threshold, and
+what softmax models need for argmax); the calibrated thresholds are in ``config.fiji_emseg`` and
+the README. With ``masks=True`` (sigmoid models) they become ``binarize`` postprocessing and the
+package outputs 0/1 masks; bioimage.io's reproduction tolerance (100 mismatched voxels per
+million) absorbs voxels within floating-point noise of a threshold.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ def _readme(info: ModelInfo, thresholds: tuple[float, ...], test_shape: tuple[in
               f"- one channel, {info.normalization.describe()} normalisation (declared as preprocessing)",
               f"- sizes: multiples of {list(m.spatial_multiple[3 - m.dims:])}; output halo {list(rf.halo[3 - m.dims:])} "
               "voxels per side (crop it, or tile with that overlap)",
-              f"- trained at voxel size {cal.get('voxel_size', '?')} {cal.get('unit', '')} (z, y, x)", "",
+              f"- trained at voxel size {cal['voxel_size']} {cal.get('unit', '')} (z, y, x)" if cal.get("voxel_size")
+              else "- training voxel size: not recorded", "",
               "## Training"]
     for role in ("train", "validation"):
         for s in data.get(role) or []:
@@ -193,12 +195,14 @@ def _readme(info: ModelInfo, thresholds: tuple[float, ...], test_shape: tuple[in
 
 def package_model(model: str | Path, output: str | Path, sample: Any, *, crop: tuple[int, ...] | None = None,
                   authors: tuple[str, ...] = (), license: str = "CC-BY-4.0", description: str | None = None,
-                  weight_formats: tuple[str, ...] = WEIGHT_FORMATS, overwrite: bool = False,
+                  weight_formats: tuple[str, ...] = WEIGHT_FORMATS, masks: bool = False, overwrite: bool = False,
                   trust_custom_code: bool = False, log: Callable[[str], None] | None = None) -> PackageReport:
     """Write *model* (a model folder) as a bioimage.io package ``output`` (``.zip``), checked by bioimageio.spec.
 
     *sample* is a stack (path or array) of the kind the model was trained on; a centred crop of it
-    becomes the test input, and our predictor's output on it the test output.
+    becomes the test input, and our predictor's output on it the test output. ``masks`` declares
+    the model's mask thresholds as ``binarize`` postprocessing (sigmoid models only), so consumers
+    such as deepImageJ get 0/1 masks instead of probabilities.
     """
     t0 = time.monotonic()
     out = Path(output)
@@ -220,6 +224,9 @@ def package_model(model: str | Path, output: str | Path, sample: Any, *, crop: t
         notes.append(f"no pytorch_state_dict: the custom architecture {mc.architecture!r} cannot travel as source")
     if not formats:
         raise ConfigError("no weight format left to package; include onnx or torchscript")
+    if masks and mc.output != "sigmoid":
+        raise ConfigError("softmax masks are an argmax, which bioimage.io postprocessing cannot express; "
+                          "package without --masks (the output is then the probability map)")
     raw = _crop(sample, info, crop)
     with tempfile.TemporaryDirectory(prefix="emseg-package-") as tmp_name:
         tmp = Path(tmp_name)
@@ -233,8 +240,12 @@ def package_model(model: str | Path, output: str | Path, sample: Any, *, crop: t
         else:
             test_in, test_out = raw[None, None].astype(np.float32), probs[None]
         np.save(tmp / "test_input.npy", test_in)
-        np.save(tmp / "test_output.npy", np.ascontiguousarray(test_out, dtype=np.float32))
-        descr = _build_description(loaded, tmp, formats, thresholds, test_in, probs, raw, authors, license, description, say)
+        if masks:
+            thr = np.asarray(thresholds, dtype=np.float32).reshape((1, -1) + (1,) * (test_out.ndim - 2))
+            test_out = (test_out > thr).astype(np.uint8)
+        np.save(tmp / "test_output.npy", np.ascontiguousarray(test_out, dtype=np.uint8 if masks else np.float32))
+        descr = _build_description(loaded, tmp, formats, thresholds, test_in, probs, raw, authors, license, description,
+                                   say, masks)
         say("writing and checking the package")
         _save(descr, out, overwrite)
     import onnx
@@ -250,7 +261,7 @@ def package_model(model: str | Path, output: str | Path, sample: Any, *, crop: t
 
 def _build_description(loaded: Any, tmp: Path, formats: list[str], thresholds: tuple[float, ...], test_in: np.ndarray,
                        probs: np.ndarray, raw: np.ndarray, authors: tuple[str, ...], license: str,
-                       description: str | None, say: Callable[[str], None]) -> Any:
+                       description: str | None, say: Callable[[str], None], masks: bool = False) -> Any:
     import pydantic
     import torch
     from bioimageio.spec import ValidationContext
@@ -299,11 +310,11 @@ def _build_description(loaded: Any, tmp: Path, formats: list[str], thresholds: t
     # cover: the middle slice of the test crop with the predicted masks
     mid = raw.shape[0] // 2
     if mc.output == "sigmoid":
-        masks = np.stack([probs[k, mid] >= t for k, t in enumerate(thresholds)])
+        cover = np.stack([probs[k, mid] > t for k, t in enumerate(thresholds)])
     else:
         lab = probs[:, mid].argmax(0)
-        masks = np.stack([lab == k + 1 for k in range(mc.n_classes)])
-    write_overlay_png(tmp / "cover.png", raw[mid], [("fiji-emseg prediction", masks)], mc.classes, overwrite=True)
+        cover = np.stack([lab == k + 1 for k in range(mc.n_classes)])
+    write_overlay_png(tmp / "cover.png", raw[mid], [("fiji-emseg prediction", cover)], mc.classes, overwrite=True)
     (tmp / "README.md").write_text(_readme(info, thresholds, tuple(test_in.shape), formats), encoding="utf-8")
 
     def space_in(a: str, i: int) -> Any:
@@ -325,13 +336,20 @@ def _build_description(loaded: Any, tmp: Path, formats: list[str], thresholds: t
         id=bio.TensorId("raw"), description="EM image, one channel (any bit depth; normalised by the preprocessing)",
         axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier("em")]), *[space_in(a, i) for a, i in zip(spatial, sidx, strict=True)]],
         test_tensor=bio.FileDescr(source=tmp / "test_input.npy"), preprocessing=_preprocessing(info, spatial))
+    post: list[Any] = []
+    data: Any = bio.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0))
+    if masks:  # the calibrated thresholds as bioimage.io postprocessing: 0/1 masks per class
+        post = [bio.BinarizeDescr(kwargs=bio.BinarizeAlongAxisKwargs(threshold=[float(t) for t in thresholds],
+                                                                     axis=bio.AxisId("channel"))),
+                bio.EnsureDtypeDescr(kwargs=bio.EnsureDtypeKwargs(dtype="uint8"))]
+        data = bio.NominalOrOrdinalDataDescr(values=[0, 1], type="uint8")
     outp = bio.OutputTensorDescr(
-        id=bio.TensorId("probabilities"),
-        description=("sigmoid probability per class" if mc.output == "sigmoid" else "softmax over background + classes"),
+        id=bio.TensorId("masks" if masks else "probabilities"),
+        description=("0/1 mask per class (probability > the model's threshold)" if masks else
+                     "sigmoid probability per class" if mc.output == "sigmoid" else "softmax over background + classes"),
         axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier(c) for c in channels]),
               *[space_out(a, i) for a, i in zip(spatial, sidx, strict=True)]],
-        test_tensor=bio.FileDescr(source=tmp / "test_output.npy"),
-        data=bio.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))
+        test_tensor=bio.FileDescr(source=tmp / "test_output.npy"), data=data, postprocessing=post)
     cite = [bio.CiteEntry(text="Ronneberger, Fischer, Brox. U-Net: Convolutional networks for biomedical image "
                                "segmentation. MICCAI 2015", doi=bio.Doi("10.1007/978-3-319-24574-4_28"))]
     if mc.architecture == "unet":  # DeepSCEM's default network, loss and sampling

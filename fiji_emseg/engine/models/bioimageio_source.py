@@ -10,7 +10,7 @@ The package is unpacked into a temporary folder and its description read with bi
 - packages from other tools are described from their axes (one channel; batch, channel, [z,] y,
   x), sizes (min and power-of-two step), output halo, preprocessing (``scale_range`` →
   percentile, ``scale_linear`` → fixed range) and output channel names (treated as independent
-  probabilities, threshold 0.5), and run through their ONNX or TorchScript weights.
+  probabilities, thresholded at its ``binarize`` values, else 0.5), and run through their ONNX or TorchScript weights.
 
 Anything we cannot run gets one line naming the reason.
 """
@@ -161,15 +161,24 @@ def _foreign_info(descr: Any) -> tuple[ModelInfo, list[str]]:
         else:
             raise ModelFileError(f"{name} preprocesses its input with {op.id!r}; fiji-emseg applies scale_range and "
                                  "scale_linear only")
-    if out.postprocessing and any(op.id != "ensure_dtype" for op in out.postprocessing):
-        notes.append(f"{name}: its output postprocessing ({', '.join(op.id for op in out.postprocessing)}) is not applied; "
-                     "masks use threshold 0.5 on the network output")
+    thresholds: list[float] | None = None
+    post = [op for op in out.postprocessing if op.id != "ensure_dtype"]
+    if post and post[0].id == "binarize":  # the package's thresholds are ours; we threshold the probabilities
+        t = post[0].kwargs.threshold
+        thresholds = [float(v) for v in t] if isinstance(t, list) else [float(t)] * len(classes)
+        post = post[1:]
+    if post:
+        notes.append(f"{name}: its output postprocessing ({', '.join(op.id for op in post)}) is not applied; "
+                     "masks threshold the network output")
     z_pool = poolings[0] if dims == 3 else None
     depth = max(poolings[-1], poolings[-2]) + 1
     mc = ModelConfig(classes=classes, dims=dims, depth=depth, z_poolings=z_pool, norm="none", architecture="bioimageio",
                      output="sigmoid")
     rf = ReceptiveField(halo3)  # type: ignore[arg-type]
-    info = ModelInfo(mc, norm, rf, {"status": "imported", "bioimageio": {"name": name, "min_size": mins}})
+    training: dict[str, Any] = {"status": "imported", "bioimageio": {"name": name, "min_size": mins}}
+    if thresholds is not None and len(thresholds) == len(classes):
+        training["thresholds"] = dict(zip(classes, thresholds, strict=True))
+    info = ModelInfo(mc, norm, rf, training)
     notes.append(f"{name} (bioimage.io, {dims}D): outputs {', '.join(classes)} read as independent probabilities")
     return info, notes
 
