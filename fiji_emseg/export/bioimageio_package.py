@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from ..engine.models.model_store import ModelInfo, load_model
 from ..engine.models.onnx_graph import convert_to_onnx, probability_net
 from ..errors import ConfigError, InputDataError, ModelFileError, OutputError
 
-__all__ = ["DEEPIMAGEJ_IR_VERSION", "DEEPIMAGEJ_OPSET", "PackageReport", "package_model", "architecture_source"]
+__all__ = ["DEEPIMAGEJ_IR_VERSION", "DEEPIMAGEJ_OPSET", "PackageReport", "architecture_source", "package_model"]
 
 #: The newest ONNX opset and IR version that ONNX Runtime 1.13.1 (deepImageJ 3.x) runs.
 DEEPIMAGEJ_OPSET = 17
@@ -252,7 +253,7 @@ def package_model(model: str | Path, output: str | Path, sample: Any, *, crop: t
 
     opset, ir = -1, -1
     if "onnx" in formats:
-        with tempfile.TemporaryDirectory() as td, __import__("zipfile").ZipFile(out) as zf:
+        with tempfile.TemporaryDirectory() as td, zipfile.ZipFile(out) as zf:
             zf.extract("model.onnx", td)
             m = onnx.load(str(Path(td) / "model.onnx"), load_external_data=False)
             opset, ir = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), m.ir_version

@@ -29,12 +29,12 @@ from ..data.normalization import IntensityStats, apply_normalization, compute_st
 from ..data.volume_io import ArrayLike3D, Calibration, LazyVolume, open_volume
 from ..models.formats import open_model_source
 from ..models.receptive_field import recommended_tile
-from .format_choice import build_backend, plan_candidates
 from .cleanup import CleanupConfig
+from .format_choice import build_backend, plan_candidates
 from .prediction_output import OutputSpec, PredictionWriter, as_thresholds, trained_thresholds
 from .tiling import BLEND_MODES, TilingPlan, plan_tiling
 
-__all__ = ["PredictConfig", "Predictor", "PredictionResult", "predict"]
+__all__ = ["PredictConfig", "PredictionResult", "Predictor", "predict"]
 
 BACKENDS = ("auto", "onnxruntime", "torch")
 

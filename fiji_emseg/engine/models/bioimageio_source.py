@@ -117,7 +117,6 @@ def _foreign_info(descr: Any) -> tuple[ModelInfo, list[str]]:
     inp, out = descr.inputs[0], descr.outputs[0]
     kinds = [k for k, _ in _axes(inp)]
     space = [a for k, a in _axes(inp) if k == "space"]
-    ids = [str(a.id) for a in space]
     expected = ["batch", "channel", *(["z"] if len(space) == 3 else []), "y", "x"]
     got = ["batch" if k == "batch" else "channel" if k == "channel" else str(a.id) for k, a in _axes(inp)]
     if kinds[:2] != ["batch", "channel"] or len(space) not in (2, 3) or got != expected:

@@ -23,8 +23,17 @@ from ...errors import ModelFileError
 from .model_store import FP16_NAME, INT8_NAME, ONNX_NAME, WEIGHTS_NAME, ModelInfo, is_model_dir, read_model_info
 from .onnx_metadata import is_current_export, is_verified_int8, read_onnx_metadata
 
-__all__ = ["FORMATS", "FormatStatus", "ModelSource", "TORCHSCRIPT_NAME", "WeightFormat", "describe_formats", "format_named",
-           "open_model_source"]
+__all__ = [
+    "FORMATS",
+    "TORCHSCRIPT_NAME",
+    "FormatStatus",
+    "ModelSource",
+    "WeightFormat",
+    "describe_formats",
+    "format_named",
+    "is_bioimageio_path",
+    "open_model_source",
+]
 
 TORCHSCRIPT_NAME = "model.torchscript.pt"
 
@@ -44,8 +53,6 @@ class ModelSource:
     root: Path | None
     files: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    halo_declared: tuple[int, int, int] | None = None
-    min_shape: tuple[int, int, int] | None = None
     _tmp: list[tempfile.TemporaryDirectory[str]] = field(default_factory=list)
 
     def temp_dir(self, prefix: str) -> Path:
