@@ -32,7 +32,7 @@ from .engine.training.trainer import TrainResult, train_model
 from .errors import ConfigError, EmsegWarning, InputDataError
 
 __all__ = ["TrainRequest", "train", "export_trained_model", "load_samples", "predict", "Predictor", "PredictConfig", "PredictionResult",
-           "export", "evaluate", "measure"]
+           "export", "package", "evaluate", "measure"]
 
 
 @dataclass
@@ -261,6 +261,18 @@ def export(model_dir: str | Path, output: str | Path | None = None, **options: A
     from .export.onnx_export import export_onnx
 
     return export_onnx(model_dir, output, **options)
+
+
+def package(model_dir: str | Path, output: str | Path, sample: Any, **options: Any) -> Any:
+    """Write *model_dir* as a bioimage.io package (``.zip``); *sample* is a stack whose crop becomes the test tensors.
+
+    What Fiji's *Package EM Model* command calls; returns a
+    :class:`~fiji_emseg.export.bioimageio_package.PackageReport` (``.summary()`` for the Log).
+    Options: ``crop``, ``authors``, ``license``, ``description``, ``weight_formats``, ``overwrite``, ``log``.
+    """
+    from .export.bioimageio_package import package_model
+
+    return package_model(model_dir, output, sample, **options)
 
 
 def evaluate(*args: Any, **kwargs: Any) -> Any:

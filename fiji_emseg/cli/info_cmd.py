@@ -1,4 +1,9 @@
-"""``emseg info``: describe a model folder or an exported ONNX file."""
+"""``emseg info``: describe a model folder, an exported ONNX file or a bioimage.io package.
+
+Besides the model itself it lists the weight formats present (and whether each is current) and
+which one prediction would use on this machine, with the reason (the order of
+:mod:`fiji_emseg.engine.inference.format_choice`).
+"""
 
 from __future__ import annotations
 
@@ -11,23 +16,28 @@ HELP = "describe a model (classes, architecture, normalisation, training)"
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("info", help=HELP, description=HELP)
-    p.add_argument("model", metavar="MODEL", help="model folder or .onnx file")
+    p.add_argument("model", metavar="MODEL", help="model folder, .onnx file or bioimage.io package (.zip / rdf.yaml)")
     p.add_argument("--json", action="store_true", help="print the full description as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.models.model_store import read_model_info
+    from ..engine.inference.format_choice import plan_candidates
+    from ..engine.models.formats import describe_formats, open_model_source
 
-    path = Path(args.model)
-    if path.suffix.lower() == ".onnx":
-        from ..engine.models.onnx_metadata import read_onnx_metadata
-
-        info = read_onnx_metadata(path).info
-    else:
-        info = read_model_info(path)
+    source = open_model_source(Path(args.model))
+    try:
+        info = source.info
+        formats = describe_formats(source)
+        candidates = plan_candidates(source)
+    finally:
+        source.close()
     if args.json:
-        print(json.dumps(info.to_dict(), indent=2))
+        d = info.to_dict()
+        d["weight_formats"] = {f.format: {"present": f.present, "current": f.current, "note": f.note} for f in formats}
+        d["prediction_would_use"] = [{"runtime": c.runtime, "device": c.device, "precision": c.precision,
+                                      "reason": c.reason} for c in candidates]
+        print(json.dumps(d, indent=2))
         return 0
     m = info.model
     rf = info.receptive_field
@@ -52,5 +62,17 @@ def run(args: argparse.Namespace) -> int:
             from ..engine.training.planner import TrainingPlan
 
             lines.append("plan:           " + TrainingPlan.from_dict(plan).describe().replace("\n", "\n                "))
+    lines.append("weight formats:")
+    for f in formats:
+        if f.present:
+            state = "current" if f.current else f"not used: {f.note}"
+            lines.append(f"  {f.format:<19} {state} - {f.description}")
+    if candidates:
+        first = candidates[0]
+        lines.append(f"prediction uses: {first.runtime} on {first.device} ({first.precision}) - {first.reason}")
+        for c in candidates[1:]:
+            lines.append(f"  then, if that cannot start: {c.runtime} on {c.device} ({c.precision})")
+    for note in source.notes:
+        lines.append(f"note: {note}")
     print("\n".join(lines))
     return 0

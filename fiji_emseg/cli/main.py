@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import EmsegError
 
 #: Subcommands in the order ``emseg --help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("demo", "train", "plan", "predict", "export", "evaluate", "measure", "convert", "info", "fiji")
+SUBCOMMANDS: tuple[str, ...] = ("demo", "train", "plan", "predict", "export", "package", "evaluate", "measure", "convert", "info", "fiji")
 
 
 def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

@@ -26,7 +26,7 @@ examples:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("predict", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help="model folder or .onnx file")
+    p.add_argument("model", metavar="MODEL", help="model folder, .onnx file or bioimage.io package (.zip or rdf.yaml)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="stacks (TIFF, .npy, .zarr) or folders of TIFF stacks")
     p.add_argument("-o", "--output-dir", required=True, help="folder for the results (created if needed)")
     o = p.add_argument_group("outputs")

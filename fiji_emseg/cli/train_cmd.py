@@ -67,7 +67,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "softmax: exclusive classes with background (default sigmoid)")
     m.add_argument("--z-poolings", type=int, help="3D only: poolings that also halve Z (default: all)")
     m.add_argument("--architecture", default="unet", help="'unet' or 'package.module:builder' for your own torch module")
-    m.add_argument("--init-from", metavar="MODEL", help="fine-tune from an existing model folder")
+    m.add_argument("--init-from", metavar="MODEL", help="fine-tune from an existing model folder or a bioimage.io package with a fiji-emseg pytorch_state_dict")
     t = p.add_argument_group("optimisation")
     t.add_argument("--epochs", type=int, help="epochs (default: planned, 64 with --plan none; with --resume: extend the run to this many)")
     t.add_argument("--steps", type=int, help="steps per epoch (default: planned; 256 with --plan none)")

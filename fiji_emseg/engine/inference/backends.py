@@ -26,6 +26,7 @@ __all__ = [
     "Backend",
     "OnnxRuntimeBackend",
     "TorchBackend",
+    "TorchScriptBackend",
     "cpu_threads",
     "ort_cuda_available",
     "torch_cuda_available",
@@ -197,4 +198,38 @@ class TorchBackend:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last if self.dims == 2 else torch.channels_last_3d)
         with torch.inference_mode(), self.choice.autocast():
+            return self.net(x).float().cpu().numpy()  # type: ignore[no-any-return]
+
+
+class TorchScriptBackend:
+    """A TorchScript module (e.g. from a bioimage.io package) that already returns probabilities."""
+
+    name = "torchscript"
+
+    def __init__(self, path: str | Path, dims: int, device: str = "cpu", precision: str = "auto",
+                 threads: int | None = None) -> None:
+        import torch
+
+        if precision not in ("auto", "fp32"):
+            raise ConfigError(f"TorchScript weights run in fp32; precision {precision!r} needs a fiji-emseg model folder")
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("CUDA was requested but PyTorch sees no GPU; use --device cpu or install a CUDA build of PyTorch")
+        if threads and dev.type == "cpu":
+            torch.set_num_threads(int(threads))
+        self.path = Path(path)
+        try:
+            self.net = torch.jit.load(str(self.path), map_location=dev).eval()
+        except Exception as exc:
+            raise ModelFileError(f"PyTorch cannot load the TorchScript file {self.path.name} ({exc}); the package is damaged") from exc
+        self.torch = torch
+        self.dev = dev
+        self.dims = dims
+        self.precision = "fp32"
+        self.device = str(dev)
+        self.description = f"PyTorch {torch.__version__} TorchScript on {'GPU' if dev.type == 'cuda' else 'CPU'} ({self.path.name})"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        x = self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.dev)
+        with self.torch.inference_mode():
             return self.net(x).float().cpu().numpy()  # type: ignore[no-any-return]

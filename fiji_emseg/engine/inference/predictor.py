@@ -14,7 +14,6 @@ the sequential result.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -28,16 +27,14 @@ from ...errors import ConfigError, EmsegWarning, InputDataError, ModelFileError
 from ..callbacks import Callback
 from ..data.normalization import IntensityStats, apply_normalization, compute_stats
 from ..data.volume_io import ArrayLike3D, Calibration, LazyVolume, open_volume
-from ..models.model_store import FP16_NAME, INT8_NAME, ONNX_NAME, WEIGHTS_NAME, ModelInfo, is_model_dir, load_model, read_model_info
-from ..models.onnx_graph import convert_to_onnx
-from ..models.onnx_metadata import is_current_export, is_verified_int8, read_onnx_metadata
+from ..models.formats import open_model_source
 from ..models.receptive_field import recommended_tile
-from .backends import OnnxRuntimeBackend, TorchBackend, ort_cuda_available, torch_cuda_available
 from .cleanup import CleanupConfig
+from .format_choice import build_backend, plan_candidates
 from .prediction_output import OutputSpec, PredictionWriter, as_thresholds, trained_thresholds
 from .tiling import BLEND_MODES, TilingPlan, plan_tiling
 
-__all__ = ["PredictConfig", "Predictor", "PredictionResult", "predict"]
+__all__ = ["PredictConfig", "PredictionResult", "Predictor", "predict"]
 
 BACKENDS = ("auto", "onnxruntime", "torch")
 
@@ -136,159 +133,53 @@ def _to_xarray(arrays: dict[str, np.ndarray], classes: Sequence[str], cal: Calib
     return out
 
 
-# ----------------------------------------------------------------------------- model sources
-
-
-@dataclass
-class _Source:
-    info: ModelInfo
-    onnx_path: Path | None
-    folder: Path | None
-    _tmp: tempfile.TemporaryDirectory[str] | None = None
-
-
-def _resolve_source(model: str | Path, need_onnx: bool, trust_custom_code: bool) -> _Source:
-    """A model folder (exported on the fly when needed) or an ``.onnx`` file with metadata."""
-    p = Path(model)
-    if not p.exists():
-        raise ModelFileError(f"model {p} does not exist; give a model folder from 'emseg train' or an exported .onnx file")
-    if p.is_file() and p.suffix.lower() == ".onnx":
-        meta = read_onnx_metadata(p)
-        return _Source(meta.info, p, None)
-    if not is_model_dir(p):
-        raise ModelFileError(f"{p} is neither a fiji-emseg model folder (config.json + weights) nor an .onnx file")
-    info = read_model_info(p)
-    onnx_path: Path | None = None
-    tmp = None
-    if need_onnx:
-        cand = p / ONNX_NAME
-        if cand.is_file() and _onnx_matches(cand, p / WEIGHTS_NAME):
-            onnx_path = cand
-            if info.receptive_field is None:  # measured at export time; no need to measure again
-                info.receptive_field = read_onnx_metadata(cand).info.receptive_field
-        else:  # convert on the fly into a temporary folder; the model folder is left untouched
-            tmp = tempfile.TemporaryDirectory(prefix="emseg-onnx-")
-            onnx_path = Path(tmp.name) / ONNX_NAME
-            convert_to_onnx(load_model(p, "cpu", trust_custom_code), onnx_path)
-    return _Source(info, onnx_path, p, tmp)
-
-
-def _onnx_precision(path: Path) -> str:
-    return read_onnx_metadata(path).precision
-
-
-def _has_verified_int8(folder: Path) -> bool:
-    candidate = folder / INT8_NAME
-    return folder.is_dir() and candidate.is_file() and is_verified_int8(candidate) and _onnx_matches(candidate, folder / WEIGHTS_NAME)
-
-
-def _onnx_matches(onnx_path: Path, weights: Path) -> bool:
-    return is_current_export(onnx_path, weights.parent)
-
-
 # ----------------------------------------------------------------------------- predictor
 
 
 class Predictor:
-    """Sliding-window predictor over one model (see module docstring)."""
+    """Sliding-window predictor over one model (see module docstring).
+
+    *model* is a model folder, an exported ``.onnx`` file or a bioimage.io package (``.zip`` or
+    ``rdf.yaml``); the weight format and runtime come from :mod:`.format_choice`.
+    """
 
     def __init__(self, model: str | Path, config: PredictConfig | None = None, *, trust_custom_code: bool = False) -> None:
         self.config = config or PredictConfig()
         cfg = self.config
         self.notes: list[str] = []
-        path = Path(model)
-        onnx_precision = _onnx_precision(path) if path.suffix.lower() == ".onnx" else None
-        candidates = self._candidates(cfg.backend, cfg.device, cfg.precision, path, onnx_precision)
-        self._source = _resolve_source(model, any(b == "onnxruntime" for b, _, _ in candidates), trust_custom_code)
+        self._source = open_model_source(model)
+        try:
+            self._start(cfg, trust_custom_code)
+        except BaseException:
+            self._source.close()
+            raise
+
+    def _start(self, cfg: PredictConfig, trust_custom_code: bool) -> None:
+        self.notes.extend(self._source.notes)
+        candidates = plan_candidates(self._source, cfg.backend, cfg.device, cfg.precision)
+        self.candidates = candidates
         self.info = self._source.info
         self.model_config = self.info.model
-        self.rf = self.info.ensure_receptive_field()
-        if self.rf.global_context:
-            warnings.warn(
-                f"this model uses {self.model_config.norm} normalisation, whose statistics span the whole tile; "
-                "tiled output can differ slightly from whole-image output", EmsegWarning, stacklevel=2)
         errors: list[str] = []
         self.backend: Any = None
-        for backend, device, precision in candidates:
+        for cand in candidates:
             try:
-                self.backend = self._make_backend(backend, device, precision, trust_custom_code)
+                self.backend = build_backend(self._source, cand, threads=cfg.threads, compile=cfg.compile,
+                                             trust_custom_code=trust_custom_code)
                 break
             except ConfigError as exc:
                 if len(candidates) == 1:
                     raise
-                errors.append(f"{backend} on {device}: {exc}")
+                errors.append(f"{cand.runtime} on {cand.device}: {exc}")
         if self.backend is None:
             raise ConfigError("no inference backend could start: " + " | ".join(errors))
+        self.rf = self.info.ensure_receptive_field()
+        if self.rf.global_context:
+            warnings.warn(
+                f"this model uses {self.model_config.norm} normalisation, whose statistics span the whole tile; "
+                "tiled output can differ slightly from whole-image output", EmsegWarning, stacklevel=3)
         self.notes.extend(errors)
         self.on_gpu = self.backend.device.startswith("cuda")
-
-    def _make_backend(self, backend: str, device: str, precision: str, trust_custom_code: bool) -> Any:
-        cfg = self.config
-        if backend == "onnxruntime":
-            assert self._source.onnx_path is not None
-            onnx_path = self._source.onnx_path
-            folder = self._source.folder
-            if folder is not None and device == "cpu" and precision == "int8":
-                onnx_path = folder / INT8_NAME
-            elif folder is not None and device.startswith("cuda") and precision in ("auto", "fp16"):
-                fp16 = folder / FP16_NAME
-                if fp16.is_file() and _onnx_matches(fp16, folder / WEIGHTS_NAME):
-                    onnx_path = fp16
-            return OnnxRuntimeBackend(onnx_path, device, cfg.threads)
-        if self._source.folder is None:
-            raise ConfigError("the torch backend needs a model folder with weights, not an .onnx file; use --backend onnxruntime")
-        loaded = load_model(self._source.folder, "cpu", trust_custom_code)
-        return TorchBackend(loaded.module, self.model_config.output, self.model_config.dims, device,
-                            precision, cfg.compile, cfg.threads)
-
-    @staticmethod
-    def _candidates(backend: str, device: str, precision: str, model: Path,
-                    onnx_precision: str | None) -> list[tuple[str, str, str]]:
-        """(backend, device, precision) to try in order: the fastest that really starts wins.
-
-        CPU, ``auto``: a verified int8 ONNX model (2.8x fp32 on VNNI CPUs), then PyTorch bf16 where
-        the CPU has bf16 units (1.2x), then ONNX Runtime fp32. GPU: ONNX Runtime CUDA (fp16 copy
-        when exported), then PyTorch CUDA (bf16/fp16 autocast).
-        """
-        from ..models.device import native_cpu_bf16
-
-        if device not in ("auto", "cpu") and not device.startswith("cuda"):
-            raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
-        if onnx_precision is not None:  # an .onnx file runs as it is
-            if backend == "torch":
-                raise ConfigError("the torch backend needs a model folder with weights, not an .onnx file; use --backend onnxruntime")
-            if precision not in ("auto", onnx_precision):
-                raise ConfigError(f"{model.name} is a {onnx_precision} model; leave precision on auto or give the "
-                                  f"model folder to choose another precision")
-            backend = "onnxruntime"
-        if backend == "onnxruntime" and precision == "bf16":
-            raise ConfigError("ONNX Runtime has no bf16 path; use --backend torch for bf16, or --precision fp32/int8")
-        int8 = onnx_precision == "int8" or (onnx_precision is None and _has_verified_int8(model))
-        if precision == "int8" and not int8:
-            raise ConfigError(f"{model} has no verified int8 model; export one with "
-                              "'emseg export MODEL --int8 --calibration STACK' or choose another precision")
-        gpu = device if device.startswith("cuda") else "cuda"
-        out: list[tuple[str, str, str]] = []
-        if device != "cpu":
-            if backend in ("auto", "onnxruntime") and ort_cuda_available() and precision != "int8":
-                out.append(("onnxruntime", gpu, precision))
-            if backend in ("auto", "torch") and torch_cuda_available() and onnx_precision is None and precision != "int8":
-                out.append(("torch", gpu, precision))
-            if device.startswith("cuda") and not out:
-                raise ConfigError(
-                    "CUDA was requested but neither ONNX Runtime (onnxruntime-gpu) nor PyTorch can use a GPU here; "
-                    "install onnxruntime-gpu or a CUDA build of PyTorch, or use --device cpu")
-        if device in ("auto", "cpu"):
-            if backend in ("auto", "onnxruntime") and int8 and precision in ("auto", "int8"):
-                out.append(("onnxruntime", "cpu", "int8"))
-            if precision != "int8":
-                want_torch = backend == "torch" or (backend == "auto" and onnx_precision is None and (
-                    precision == "bf16" or (precision == "auto" and native_cpu_bf16())))
-                if want_torch:
-                    out.append(("torch", "cpu", precision))
-                if backend in ("auto", "onnxruntime"):
-                    out.append(("onnxruntime", "cpu", "fp32" if onnx_precision is None else onnx_precision))
-        return out
 
     # ------------------------------------------------------------------ planning
 
@@ -538,9 +429,7 @@ class Predictor:
                                 seconds, plan_info, files, arrays)
 
     def close(self) -> None:
-        if self._source._tmp is not None:
-            self._source._tmp.cleanup()
-            self._source._tmp = None
+        self._source.close()
 
     def __enter__(self) -> Predictor:
         return self

@@ -120,10 +120,18 @@ def verify_onnx(path: Path, net: torch.nn.Module, config: ModelConfig, tolerance
     return worst, shapes
 
 
-def add_metadata(path: Path, props: dict[str, str]) -> None:
+def add_metadata(path: Path, props: dict[str, str], max_ir_version: int | None = None) -> None:
+    """Write fiji-emseg metadata into *path*; optionally cap the IR version for older runtimes.
+
+    ONNX Runtime 1.13 (deepImageJ's) reads IR version 8 at most; a graph of opset <= 17 uses
+    nothing newer, so lowering the version field is safe (the checker confirms it).
+    """
     import onnx
 
     model = onnx.load(str(path))
+    if max_ir_version is not None and model.ir_version > max_ir_version:
+        model.ir_version = max_ir_version
+        onnx.checker.check_model(model)
     del model.metadata_props[:]
     for k, v in props.items():
         entry = model.metadata_props.add()
@@ -149,7 +157,7 @@ def probability_net(loaded: LoadedModel) -> torch.nn.Module:
 
 
 def convert_to_onnx(loaded: LoadedModel, path: Path, *, opset: int = 18, exporter: str = "auto",
-                    tolerance: float = FP32_TOLERANCE) -> ConvertedGraph:
+                    tolerance: float = FP32_TOLERANCE, max_ir_version: int | None = None) -> ConvertedGraph:
     """Write *loaded* as an fp32 ONNX graph with metadata to *path* and check it against PyTorch.
 
     *path* is written in place: callers pass a temporary path (``atomic_path``) or a temporary
@@ -161,6 +169,6 @@ def convert_to_onnx(loaded: LoadedModel, path: Path, *, opset: int = 18, exporte
     digest = weights_digest(loaded.path / WEIGHTS_NAME) if (loaded.path / WEIGHTS_NAME).exists() else ""
     tile = recommended_tile(info.model, rf)
     used = _export_graph(net, info.model, path, opset, exporter)
-    add_metadata(path, metadata_props(info, tile, "fp32", digest))
+    add_metadata(path, metadata_props(info, tile, "fp32", digest), max_ir_version)
     diff, shapes = verify_onnx(path, net, info.model, tolerance)
     return ConvertedGraph(used, diff, shapes, tile, digest)

@@ -44,6 +44,7 @@ from ..data.sample import Sample, check_finite, check_min_size, parse_slice_rang
 from ..evaluation.metrics import scores
 from ..models.architectures import build_model
 from ..models.device import DeviceChoice, choose_device
+from ..models.formats import is_bioimageio_path, open_model_source
 from ..models.model_config import ModelConfig
 from ..models.model_store import (
     CONFIG_NAME,
@@ -737,13 +738,33 @@ def train_model(train_samples: Sequence[Sample], model_dir: str | Path, *,
     saved in config.json beside the settings it produced.
     """
     model_dir = Path(model_dir)
-    _prepare_model_dir(model_dir, resume, overwrite)
-    if not train_samples:
-        raise InputDataError("no training samples given; give at least one image with its masks")
-    classes = train_samples[0].class_names
-    cfg = config or TrainConfig()
-    norm = normalization or NormalizationConfig()
     init_path = Path(init_from) if init_from is not None else None
+    package = None
+    if init_path is not None and not resume and is_bioimageio_path(init_path):
+        package = open_model_source(init_path)  # unpacked; its state dict becomes a model folder
+        if package.root is None or not (package.root / WEIGHTS_NAME).is_file():
+            package.close()
+            raise ModelFileError(f"{init_path.name} carries no pytorch_state_dict that fiji-emseg's model factory builds; "
+                                 "fine-tuning needs one (packages written by 'emseg package' have it)")
+        init_path = package.root
+    try:
+        _prepare_model_dir(model_dir, resume, overwrite)
+        if not train_samples:
+            raise InputDataError("no training samples given; give at least one image with its masks")
+        cfg = config or TrainConfig()
+        norm = normalization or NormalizationConfig()
+        return _train(train_samples, model_dir, model_config, cfg, norm, normalization, val_samples, module, init_path,
+                      resume, epochs, callbacks)
+    finally:
+        if package is not None:
+            package.close()
+
+
+def _train(train_samples: Sequence[Sample], model_dir: Path, model_config: ModelConfig | None, cfg: TrainConfig,
+           norm: NormalizationConfig, normalization: NormalizationConfig | None, val_samples: Sequence[Sample] | None,
+           module: nn.Module | None, init_path: Path | None, resume: bool, epochs: int | None,
+           callbacks: Sequence[Callback]) -> TrainResult:
+    classes = train_samples[0].class_names
     if resume:
         info = read_model_info(model_dir)
         saved = info.training.get("config")
