@@ -754,7 +754,7 @@ def train_model(train_samples: Sequence[Sample], model_dir: str | Path, *,
         cfg = config or TrainConfig()
         norm = normalization or NormalizationConfig()
         return _train(train_samples, model_dir, model_config, cfg, norm, normalization, val_samples, module, init_path,
-                      resume, epochs, callbacks)
+                      resume, epochs, callbacks, plan)
     finally:
         if package is not None:
             package.close()
@@ -763,7 +763,7 @@ def train_model(train_samples: Sequence[Sample], model_dir: str | Path, *,
 def _train(train_samples: Sequence[Sample], model_dir: Path, model_config: ModelConfig | None, cfg: TrainConfig,
            norm: NormalizationConfig, normalization: NormalizationConfig | None, val_samples: Sequence[Sample] | None,
            module: nn.Module | None, init_path: Path | None, resume: bool, epochs: int | None,
-           callbacks: Sequence[Callback]) -> TrainResult:
+           callbacks: Sequence[Callback], plan: dict[str, Any] | None) -> TrainResult:
     classes = train_samples[0].class_names
     if resume:
         info = read_model_info(model_dir)
