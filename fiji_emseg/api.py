@@ -180,10 +180,15 @@ def train(request: TrainRequest, callbacks: Sequence[Callback] = ()) -> TrainRes
 
 
 def _init_model(r: TrainRequest, samples: Sequence[Sample]) -> ModelConfig:
-    from .engine.models.model_store import read_model_info
+    """The architecture a fine-tuning run starts from (a model folder or a bioimage.io package)."""
+    from .engine.models.formats import open_model_source
 
     assert r.init_from is not None
-    return read_model_info(r.init_from).model.with_classes(samples[0].class_names)
+    source = open_model_source(r.init_from)
+    try:
+        return source.info.model.with_classes(samples[0].class_names)
+    finally:
+        source.close()
 
 
 def plan_request(r: TrainRequest, samples: Sequence[Sample]) -> tuple[TrainingPlan, TrainConfig, dict[str, Any]]:
