@@ -24,7 +24,7 @@ from .volume_io import Calibration, LazyVolume
 __all__ = ["is_n5", "is_zarr", "open_chunked", "ome_levels"]
 
 #: Units as NGFF spells them -> ImageJ's spelling (what Calibration and TIFF use).
-_NGFF_TO_IJ = {"micrometer": "micron", "nanometer": "nm", "millimeter": "mm", "angstrom": "Å", "meter": "m"}
+_NGFF_TO_IJ = {"micrometer": "micron", "um": "micron", "µm": "micron", "\u03bcm": "micron", "nanometer": "nm", "millimeter": "mm", "angstrom": "Å", "meter": "m"}
 _IJ_TO_NGFF = {"micron": "micrometer", "um": "micrometer", "µm": "micrometer", "nm": "nanometer", "mm": "millimeter",
                "Å": "angstrom", "m": "meter"}
 

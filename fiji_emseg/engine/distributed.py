@@ -176,29 +176,38 @@ def predict_blockwise(model: str | Path, image: str | Path, output: str | Path, 
     n_proc = workers if not scheduler else 0
     if n_proc and cfg.threads is None:
         cfg = replace(cfg, threads=_default_threads(n_proc))
-    with Predictor(model, cfg, trust_custom_code=trust_custom_code) as predictor:
-        job, record = prepare_job(predictor, model, image, output, bw, overwrite=overwrite,
-                                  trust_custom_code=trust_custom_code)
-        if record.get("complete"):
-            say(f"{output} is already complete; nothing to do")
-            return BlockwiseResult(Path(output), job.shape, job.n_blocks, 0, job.n_blocks, len(job.levels),
-                                   time.monotonic() - t0, 0, None, record)
-        todo = pending(job, 0)
-        skipped = job.n_blocks - len(todo)
-        if skipped:
-            say(f"resuming {output}: {skipped} of {job.n_blocks} blocks already written")
-        if max_blocks is not None:
-            todo = todo[:max_blocks]
-        if scheduler or workers:
-            computed, n_workers, dash = _run_dask(job, todo, scheduler, workers, progress, say)
-        else:
-            computed, n_workers, dash = _run_here(job, predictor, todo, progress), 1, None
-        if max_blocks is not None and len(pending(job, 0)):
-            return BlockwiseResult(Path(output), job.shape, job.n_blocks, computed, skipped, len(job.levels),
-                                   time.monotonic() - t0, n_workers, dash, record)
-        if not (scheduler or workers):
-            _pyramid_here(job, predictor)
-        record = finish_job(job, record)
+    client = cluster = None
+    if scheduler or workers:  # first, so that a dead scheduler address fails at once, before any output
+        client, cluster = connect(scheduler, workers, cfg.threads)
+    try:
+        with Predictor(model, cfg, trust_custom_code=trust_custom_code) as predictor:
+            job, record = prepare_job(predictor, model, image, output, bw, overwrite=overwrite,
+                                      trust_custom_code=trust_custom_code)
+            if record.get("complete"):
+                say(f"{output} is already complete; nothing to do")
+                return BlockwiseResult(Path(output), job.shape, job.n_blocks, 0, job.n_blocks, len(job.levels),
+                                       time.monotonic() - t0, 0, None, record)
+            todo = pending(job, 0)
+            skipped = job.n_blocks - len(todo)
+            if skipped:
+                say(f"resuming {output}: {skipped} of {job.n_blocks} blocks already written")
+            if max_blocks is not None:
+                todo = todo[:max_blocks]
+            partial = max_blocks is not None and len(todo) < job.n_blocks - skipped
+            if client is not None:
+                computed, n_workers, dash = _run_dask(client, job, todo, bool(scheduler), workers, progress, say,
+                                                      pyramid=not partial)
+            else:
+                computed, n_workers, dash = _run_here(job, predictor, todo, progress), 1, None
+                if not partial:
+                    _pyramid_here(job, predictor)
+            if not partial:
+                record = finish_job(job, record)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
     return BlockwiseResult(Path(output), job.shape, job.n_blocks, computed, skipped, len(job.levels),
                            time.monotonic() - t0, n_workers, dash, record)
 
@@ -226,38 +235,31 @@ def _pyramid_here(job: BlockJob, predictor: Any) -> None:
         ctx.close()
 
 
-def _run_dask(job: BlockJob, todo: list[tuple[int, int, int]], scheduler: str | None, workers: int,
-              progress: ProgressFn | None, say: Callable[[str], None]) -> tuple[int, int, str | None]:
+def _run_dask(client: Any, job: BlockJob, todo: list[tuple[int, int, int]], external: bool, workers: int,
+              progress: ProgressFn | None, say: Callable[[str], None], pyramid: bool = True) -> tuple[int, int, str | None]:
     from distributed import as_completed
 
-    client, cluster = connect(scheduler, workers, job.config.threads)
+    dash = client.dashboard_link
+    say(f"Dask dashboard: {dash}")
+    client.register_plugin(PredictorPlugin(), name=PLUGIN_NAME)
+    n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {})) if external else workers
+    futures = [client.submit(dask_block, job, idx, key=f"emseg-{job.token}-0-{'.'.join(map(str, idx))}", pure=False)
+               for idx in todo]
+    voxels = 0
     try:
-        dash = client.dashboard_link
-        say(f"Dask dashboard: {dash}")
-        client.register_plugin(PredictorPlugin(), name=PLUGIN_NAME)
-        n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {})) if scheduler else workers
-        futures = [client.submit(dask_block, job, idx, key=f"emseg-{job.token}-0-{'.'.join(map(str, idx))}",
-                                 pure=False) for idx in todo]
-        voxels = 0
-        try:
-            for n, fut in enumerate(as_completed(futures), start=1):
-                voxels += _result(fut)
-                if progress is not None:
-                    progress(n, len(todo), voxels)
-            for level in range(1, len(job.levels)):
-                level_todo = pending(job, level)
-                pyr = [client.submit(dask_pyramid_block, job, level, idx, pure=False,
-                                     key=f"emseg-{job.token}-{level}-{'.'.join(map(str, idx))}") for idx in level_todo]
-                for fut in as_completed(pyr):
-                    _result(fut)
-        except BaseException:
-            client.cancel(futures)
-            raise
-        return len(todo), n_workers, dash
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        for n, fut in enumerate(as_completed(futures), start=1):
+            voxels += _result(fut)
+            if progress is not None:
+                progress(n, len(todo), voxels)
+        for level in range(1, len(job.levels) if pyramid else 1):
+            pyr = [client.submit(dask_pyramid_block, job, level, idx, pure=False,
+                                 key=f"emseg-{job.token}-{level}-{'.'.join(map(str, idx))}") for idx in pending(job, level)]
+            for fut in as_completed(pyr):
+                _result(fut)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return len(todo), n_workers, dash
 
 
 def _result(fut: Any) -> int:

@@ -148,9 +148,14 @@ def validate_ome_zarr(path: str | Path) -> list[str]:
     """Validate every multiscale image under *path* with ome-zarr-models; returns their names."""
     import zarr
 
+    import warnings
+
     root = zarr.open_group(str(path), mode="r")
     names = []
-    for name, group in sorted(root.groups()):
+    with warnings.catch_warnings():  # our .emseg/ run record is not a zarr node
+        warnings.simplefilter("ignore")
+        members = sorted(root.groups())
+    for name, group in members:
         attrs = dict(group.attrs)
         if "multiscales" in attrs:
             from ome_zarr_models.v04 import Image
@@ -164,3 +169,79 @@ def validate_ome_zarr(path: str | Path) -> list[str]:
             raise InputDataError(f"{path}/{name} is not a valid OME-Zarr image: {str(exc).splitlines()[0]}") from exc
         names.append(name)
     return names
+
+
+def write_ome_zarr(volume: Any, path: str | Path, *, chunks: Sequence[int] | None = None, version: str = "0.4",
+                   pyramid: bool = True, overwrite: bool = False, name: str | None = None,
+                   progress: Any = None) -> Path:
+    """Stream a (Z, Y, X) volume into a new OME-Zarr image at *path* (memory: one chunk-deep slab).
+
+    The store is built under a hidden temporary name beside *path* and moved into place only
+    when complete, so an interrupted conversion leaves nothing under the chosen name.
+    """
+    import shutil
+
+    from ..errors import OutputError
+    from .files import describe_os_error
+
+    out = Path(path)
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out} already exists; choose another name or pass --overwrite")
+    shape = tuple(int(s) for s in volume.shape)
+    ch = tuple(min(int(c), n) for c, n in zip(chunks or (32, 256, 256), shape, strict=True))
+    cal = getattr(volume, "calibration", None) or Calibration()
+    levels = pyramid_levels(shape, cal.voxel_size, ch) if pyramid else [LevelSpec(shape, (1, 1, 1), cal.voxel_size)]  # type: ignore[arg-type]
+    tmp = out.parent / f".{out.name}.part"
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        import zarr
+
+        parent = zarr.open_group(str(tmp), mode="w", zarr_format=2 if version == "0.4" else 3)
+        arrays = _create_root_image(parent, name or out.name.split(".")[0], levels, volume.dtype, ch, cal, version)
+        step = ch[0]
+        for z0 in range(0, shape[0], step):
+            arrays[0][z0:z0 + step] = np.asarray(volume[z0:z0 + step])
+            if progress is not None:
+                progress(min(z0 + step, shape[0]), shape[0])
+        for lev in range(1, len(levels)):
+            f = levels[lev].factor
+            zstep = ch[0] * f[0]
+            for z0 in range(0, levels[lev - 1].shape[0], zstep):
+                small = downsample(np.asarray(arrays[lev - 1][z0:z0 + zstep]), f, "mean")
+                arrays[lev][z0 // f[0]:z0 // f[0] + small.shape[0]] = small[:, :levels[lev].shape[1], :levels[lev].shape[2]]
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(describe_os_error(exc, out)) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _create_root_image(root: Any, name: str, levels: Sequence[LevelSpec], dtype: Any, chunks: Sequence[int],
+                       calibration: Calibration, version: str) -> list[Any]:
+    """Like :func:`create_image`, for an image that is the root group itself (``x.ome.zarr``)."""
+    zarr_format = 2 if version == "0.4" else 3
+    unit = ngff_unit(calibration.unit)
+    axes = [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in ("z", "y", "x")]
+    arrays, datasets = [], []
+    for i, lev in enumerate(levels):
+        kwargs: dict[str, Any] = {"shape": lev.shape, "chunks": tuple(min(c, n) for c, n in zip(chunks, lev.shape, strict=True)),
+                                  "dtype": np.dtype(dtype), "fill_value": 0, "compressors": _compressor(zarr_format)}
+        if zarr_format == 2:
+            kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
+        else:
+            kwargs["dimension_names"] = ["z", "y", "x"]
+        arrays.append(root.create_array(str(i), **kwargs))
+        datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": list(lev.voxel_size)}]})
+    ms: dict[str, Any] = {"name": name, "axes": axes, "datasets": datasets, "type": "mean"}
+    if version == "0.4":
+        root.attrs["multiscales"] = [{**ms, "version": "0.4"}]
+    else:
+        root.attrs["ome"] = {"version": "0.5", "multiscales": [ms]}
+    return arrays

@@ -431,7 +431,7 @@ def expand_stack_paths(paths: Sequence[str | Path], what: str = "input", folder_
         p = Path(entry).expanduser()
         if not p.exists():
             raise InputDataError(f"{what}: {entry} does not exist; check the path")
-        if p.is_dir() and p.suffix.lower() != ".zarr":
+        if p.is_dir() and p.suffix.lower() not in (".zarr", ".n5") and not _is_chunked_store(p):
             if not folder_ok:
                 raise InputDataError(f"{what}: {entry} is a folder; give a file")
             found = sorted(f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES and not f.name.startswith("."))
@@ -441,6 +441,12 @@ def expand_stack_paths(paths: Sequence[str | Path], what: str = "input", folder_
         else:
             out.append(p)
     return out
+
+
+def _is_chunked_store(path: Path) -> bool:
+    from .chunked_io import is_n5, is_zarr
+
+    return is_zarr(path) or is_n5(path)
 
 
 # --------------------------------------------------------------------------- writing
