@@ -35,7 +35,7 @@ VOXEL = (0.04, 0.01, 0.01)
 CASES = {
     "2d": dict(shape=(40, 300, 300), chunks=(16, 128, 128), block=(16, 128, 128), tile=(96, 96),
                model=ModelConfig(classes=("a", "b"), depth=2, filters=4)),
-    "3d": dict(shape=(40, 160, 160), chunks=(16, 64, 64), block=(32, 128, 128), tile=(24, 64, 64),
+    "3d": dict(shape=(32, 128, 128), chunks=(16, 64, 64), block=(16, 64, 64), tile=(24, 64, 64),
                model=ModelConfig(classes=("a",), dims=3, depth=2, filters=4, z_poolings=1)),
 }
 
@@ -92,7 +92,7 @@ def test_blockwise_in_process_equals_predict_and_writes_valid_ome_zarr(data: dic
         lv1 = open_volume(out / "masks", level=1)
         assert lv1.calibration.voxel_size == (0.04, 0.02, 0.02)  # anisotropic: z is not halved
         full = masks[:] > 0
-        assert np.array_equal(lv1[:] > 0, full.reshape(40, 80, 2, 80, 2).any(axis=(2, 4)))  # masks by max
+        assert np.array_equal(lv1[:] > 0, full.reshape(32, 64, 2, 64, 2).any(axis=(2, 4)))  # masks by max
         with pytest.raises(InputDataError, match=r"has scale levels 0 to 2; level 3 does not exist"):
             open_volume(out / "masks", level=3)
     else:
@@ -308,3 +308,21 @@ def test_full_disk_then_rerun_after_freeing_space_completes(data: dict, tmp_path
         _assert_equal(d, out)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_convert_tiff_to_ome_zarr_and_back(tmp_path: Path) -> None:
+    from fiji_emseg.cli.main import main as cli
+    from fiji_emseg.engine.volume_io import read_volume, write_volume
+
+    image = (np.random.default_rng(0).random((20, 100, 120)) * 255).astype(np.uint8)
+    write_volume(tmp_path / "s.tif", image, Calibration((0.05, 0.01, 0.01), "micron"))
+    assert cli(["convert", "--volume", str(tmp_path / "s.tif"), "--output", str(tmp_path / "s.ome.zarr"),
+                "--chunks", "8", "32", "32"]) == 0
+    assert validate_ome_zarr(tmp_path / "s.ome.zarr") == ["s.ome.zarr"]
+    vol = open_volume(tmp_path / "s.ome.zarr")
+    assert vol.calibration == Calibration((0.05, 0.01, 0.01), "micron") and np.array_equal(vol[:], image)
+    assert open_volume(tmp_path / "s.ome.zarr", level=2).shape == (20, 25, 30)
+    assert cli(["convert", "--volume", str(tmp_path / "s.ome.zarr"), "--output", str(tmp_path / "back.tif")]) == 0
+    back, cal = read_volume(tmp_path / "back.tif")
+    assert np.array_equal(back, image) and cal == Calibration((0.05, 0.01, 0.01), "micron")
+    assert cli(["convert", "--volume", str(tmp_path / "s.tif"), "--output", str(tmp_path / "s.ome.zarr")]) == 2

@@ -145,7 +145,7 @@ def downsample(data: np.ndarray, factor: Sequence[int], method: str) -> np.ndarr
 
 
 def validate_ome_zarr(path: str | Path) -> list[str]:
-    """Validate every multiscale image under *path* with ome-zarr-models; returns their names."""
+    """Validate *path* and the multiscale images directly under it with ome-zarr-models; returns their names."""
     import zarr
 
     import warnings
@@ -154,7 +154,7 @@ def validate_ome_zarr(path: str | Path) -> list[str]:
     names = []
     with warnings.catch_warnings():  # our .emseg/ run record is not a zarr node
         warnings.simplefilter("ignore")
-        members = sorted(root.groups())
+        members = [(Path(path).name, root)] + sorted(root.groups())
     for name, group in members:
         attrs = dict(group.attrs)
         if "multiscales" in attrs:
@@ -166,7 +166,7 @@ def validate_ome_zarr(path: str | Path) -> list[str]:
         try:
             Image.from_zarr(group)
         except Exception as exc:
-            raise InputDataError(f"{path}/{name} is not a valid OME-Zarr image: {str(exc).splitlines()[0]}") from exc
+            raise InputDataError(f"{group.store_path} is not a valid OME-Zarr image: {str(exc).splitlines()[0]}") from exc
         names.append(name)
     return names
 
