@@ -8,7 +8,7 @@ Run from the repository root::
 
 For each volume size (two sizes, to show that per-worker memory does not grow with the volume):
 
-1. the volume is generated on disk as OME-Zarr (uint8, chunks 32 x 256 x 256; never committed);
+1. the volume is generated on disk as OME-Zarr (uint8, chunks 16 x 256 x 256; never committed);
 2. ``Predictor.predict`` writes mask TIFFs, in a fresh process (its ``VmHWM`` is the peak);
 3. ``predict_blockwise`` on a LocalCluster of 1 and of 2 worker processes writes an OME-Zarr
    mask store; each worker's ``VmHWM`` (the kernel's exact peak resident set) is read with
@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, add_quick_flag, make_model_folder, run_child  # noqa: E402
+from _common import ROOT, add_quick_flag, make_model_folder, run_child
 
 PLAIN = """
 import json, sys, time
@@ -78,7 +78,7 @@ def make_volume(path: Path, slices: int, side: int) -> Path:
             v = v + rng.normal(0, 12, v.shape).astype(np.float32)
             return np.clip(v, 0, 255).astype(np.uint8)
 
-    return write_ome_zarr(Synthetic(), path, chunks=(32, 256, 256), pyramid=False, overwrite=True)
+    return write_ome_zarr(Synthetic(), path, chunks=(16, 256, 256), pyramid=False, overwrite=True)
 
 
 def run_dask(model: Path, src: Path, out: Path, workers: int, threads: int) -> dict[str, float]:
@@ -96,7 +96,7 @@ def run_dask(model: Path, src: Path, out: Path, workers: int, threads: int) -> d
         start = time.perf_counter() - t0
         t1 = time.perf_counter()
         res = predict_blockwise(model, src, out, PredictConfig(threads=threads, backend="onnxruntime"),
-                                BlockwiseConfig(chunks=(32, 256, 256), pyramid=False), scheduler=cluster.scheduler_address,
+                                BlockwiseConfig(chunks=(16, 256, 256), pyramid=False), scheduler=cluster.scheduler_address,
                                 overwrite=True)
         seconds = time.perf_counter() - t1
         peaks = list(client.run(_vm_hwm).values())

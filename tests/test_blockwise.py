@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 VOXEL = (0.04, 0.01, 0.01)
 # 2D: the 40 x 300 x 300 volume, chunks 16 x 128 x 128 (smaller than the volume in every axis)
 CASES = {
-    "2d": dict(shape=(40, 300, 300), chunks=(16, 128, 128), block=(16, 128, 128), tile=(96, 96),
-               model=ModelConfig(classes=("a", "b"), depth=2, filters=4)),
-    "3d": dict(shape=(32, 128, 128), chunks=(16, 64, 64), block=(16, 64, 64), tile=(24, 64, 64),
-               model=ModelConfig(classes=("a",), dims=3, depth=2, filters=4, z_poolings=1)),
+    "2d": {"shape": (40, 300, 300), "chunks": (16, 128, 128), "block": (16, 128, 128), "tile": (96, 96),
+           "model": ModelConfig(classes=("a", "b"), depth=2, filters=4)},
+    "3d": {"shape": (32, 128, 128), "chunks": (16, 64, 64), "block": (16, 64, 64), "tile": (24, 64, 64),
+           "model": ModelConfig(classes=("a",), dims=3, depth=2, filters=4, z_poolings=1)},
 }
 
 
@@ -114,7 +113,7 @@ def test_rerun_with_another_model_is_refused(data: dict) -> None:
     before = sorted(p.name for p in (out / ".emseg" / "done" / "0").iterdir())
     proc = subprocess.run([sys.executable, "-m", "fiji_emseg.cli.main", "predict", str(d3["model_dir"]), str(d2["input"]),
                            "-o", str(out), "--tile", *map(str, d3["tile"]), "-q"], capture_output=True, text=True,
-                          env=_env(), cwd=ROOT, timeout=120)
+                          env=_env(), cwd=ROOT, timeout=120, check=False)
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "holds a run with a different" in err[0] and "model" in err[0] and "--overwrite" in err[0]
@@ -152,7 +151,7 @@ def test_cli_local_cluster_with_two_workers_equals_predict(data: dict) -> None:
     proc = subprocess.run([sys.executable, "-m", "fiji_emseg.cli.main", "predict", str(d["model_dir"]), str(d["input"]),
                            "-o", str(out), "--workers", "2", "--tile", "96", "96", "--outputs", "masks", "probabilities",
                            "--chunks", *map(str, d["chunks"]), "--block", *map(str, d["block"])],
-                          capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
+                          capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Dask dashboard: http://" in proc.stderr and "on 2 worker(s)" in proc.stdout
     assert "block/s" in proc.stderr and "M voxels/s" in proc.stderr  # the tqdm bar over blocks
@@ -293,7 +292,7 @@ def test_full_disk_then_rerun_after_freeing_space_completes(data: dict, tmp_path
     mnt = tmp_path / "small"
     mnt.mkdir()
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
+                                           capture_output=True, check=False).returncode != 0:
         pytest.skip("needs root to mount a small tmpfs")
     try:
         out = mnt / "full.ome.zarr"
@@ -307,7 +306,7 @@ def test_full_disk_then_rerun_after_freeing_space_completes(data: dict, tmp_path
         assert result.skipped > 0 and result.computed > 0
         _assert_equal(d, out)
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
 
 
 def test_convert_tiff_to_ome_zarr_and_back(tmp_path: Path) -> None:

@@ -117,7 +117,12 @@ def _convert_volume(args: argparse.Namespace) -> int:
 
     from ..engine.files import check_writable
     from ..engine.ome_zarr import write_ome_zarr
-    from ..engine.volume_io import IMAGEJ_DTYPES, TIFF_SUFFIXES, StackWriter, open_volume
+    from ..engine.volume_io import (
+        IMAGEJ_DTYPES,
+        TIFF_SUFFIXES,
+        StackWriter,
+        open_volume,
+    )
     from ..errors import ConfigError
 
     out = Path(args.output)

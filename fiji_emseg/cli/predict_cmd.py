@@ -109,10 +109,13 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir)
     if out_dir.suffix.lower() == ".zarr":
         return _run_blockwise(args, inputs, config)
-    if args.workers or args.scheduler or args.resume:
+    given = [f for f, v in (("--workers", args.workers), ("--scheduler", args.scheduler), ("--resume", args.resume),
+                            ("--level", args.level is not None), ("--chunks", args.chunks), ("--block", args.block),
+                            ("--no-pyramid", args.no_pyramid)) if v]
+    if given:
         from ..errors import ConfigError
 
-        raise ConfigError("--workers, --scheduler and --resume need an OME-Zarr output: give -o NAME.ome.zarr")
+        raise ConfigError(f"{', '.join(given)} need an OME-Zarr output: give -o NAME.ome.zarr")
     if args.prob_dtype == "float16":
         from ..errors import ConfigError
 
@@ -151,7 +154,7 @@ def _run_blockwise(args: argparse.Namespace, inputs: list[Path], config: object)
         raise ConfigError(f"--resume: {out} does not exist; drop --resume to start a new run")
     bw = BlockwiseConfig(chunks=tuple(args.chunks) if args.chunks else None, block=tuple(args.block) if args.block else None,
                          level=args.level, ngff_version=args.ngff_version, pyramid=not args.no_pyramid)
-    update, close = tqdm_progress(0, disable=args.quiet)
+    update, close = tqdm_progress(disable=args.quiet)
     try:
         result = predict_blockwise(args.model, inputs[0], out, config, bw, workers=args.workers, scheduler=args.scheduler,
                                    overwrite=args.overwrite, trust_custom_code=args.trust_custom_code, progress=update,

@@ -40,13 +40,31 @@ import numpy as np
 from ..errors import ConfigError, OutputError
 from .files import atomic_write_json, describe_os_error
 from .normalization import IntensityStats, apply_normalization
-from .ome_zarr import DOWNSAMPLE_METHOD, LevelSpec, create_image, downsample, open_root, pyramid_levels
+from .ome_zarr import (
+    DOWNSAMPLE_METHOD,
+    LevelSpec,
+    create_image,
+    downsample,
+    open_root,
+    pyramid_levels,
+)
 from .prediction_output import OutputSpec
 from .tiling import TilingPlan
 from .volume_io import Calibration, LazyVolume, open_volume
 
-__all__ = ["BlockwiseConfig", "BlockGrid", "BlockJob", "BlockContext", "ResumeStore", "predict_region",
-           "prepare_job", "run_block", "run_pyramid_block", "finish_job", "PROB_DTYPES"]
+__all__ = [
+    "PROB_DTYPES",
+    "BlockContext",
+    "BlockGrid",
+    "BlockJob",
+    "BlockwiseConfig",
+    "ResumeStore",
+    "finish_job",
+    "predict_region",
+    "prepare_job",
+    "run_block",
+    "run_pyramid_block",
+]
 
 PROB_DTYPES = ("uint8", "float16", "float32")
 STATE_DIR = ".emseg"

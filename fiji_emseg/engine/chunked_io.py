@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import InputDataError
 from .volume_io import Calibration, LazyVolume
 
-__all__ = ["is_n5", "is_zarr", "open_chunked", "ome_levels"]
+__all__ = ["is_n5", "is_zarr", "ome_levels", "open_chunked"]
 
 #: Units as NGFF spells them -> ImageJ's spelling (what Calibration and TIFF use).
 _NGFF_TO_IJ = {"micrometer": "micron", "um": "micron", "µm": "micron", "\u03bcm": "micron", "nanometer": "nm", "millimeter": "mm", "angstrom": "Å", "meter": "m"}

@@ -26,9 +26,18 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import ConfigError, EmsegError
-from .blockwise import BlockContext, BlockJob, BlockwiseConfig, finish_job, pending, prepare_job, run_block, run_pyramid_block
+from .blockwise import (
+    BlockContext,
+    BlockJob,
+    BlockwiseConfig,
+    finish_job,
+    pending,
+    prepare_job,
+    run_block,
+    run_pyramid_block,
+)
 
-__all__ = ["BlockwiseResult", "PredictorPlugin", "predict_blockwise", "connect"]
+__all__ = ["BlockwiseResult", "PredictorPlugin", "connect", "predict_blockwise"]
 
 PLUGIN_NAME = "fiji-emseg-predictor"
 
@@ -276,7 +285,7 @@ def _result(fut: Any) -> int:
         raise
 
 
-def tqdm_progress(total_voxels_per_block: float, disable: bool = False) -> tuple[ProgressFn, Callable[[], None]]:
+def tqdm_progress(disable: bool = False) -> tuple[ProgressFn, Callable[[], None]]:
     """A tqdm bar over blocks with M voxels/s, for the command line."""
     from tqdm import tqdm
 

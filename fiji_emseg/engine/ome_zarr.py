@@ -27,8 +27,15 @@ from ..errors import ConfigError, InputDataError
 from .chunked_io import ngff_unit
 from .volume_io import Calibration
 
-__all__ = ["NGFF_VERSIONS", "LevelSpec", "pyramid_levels", "create_image", "downsample", "validate_ome_zarr",
-           "DOWNSAMPLE_METHOD"]
+__all__ = [
+    "DOWNSAMPLE_METHOD",
+    "NGFF_VERSIONS",
+    "LevelSpec",
+    "create_image",
+    "downsample",
+    "pyramid_levels",
+    "validate_ome_zarr",
+]
 
 NGFF_VERSIONS = ("0.4", "0.5")
 
@@ -146,9 +153,9 @@ def downsample(data: np.ndarray, factor: Sequence[int], method: str) -> np.ndarr
 
 def validate_ome_zarr(path: str | Path) -> list[str]:
     """Validate *path* and the multiscale images directly under it with ome-zarr-models; returns their names."""
-    import zarr
-
     import warnings
+
+    import zarr
 
     root = zarr.open_group(str(path), mode="r")
     names = []
