@@ -77,8 +77,8 @@ class BlockwiseConfig:
     """Layout of a block-wise run.
 
     - ``chunks``: output chunk (z, y, x), what viewers fetch; None = (32, 256, 256) capped to the volume.
-    - ``block``: the unit of work, a multiple of ``chunks``; None = chunk z (2D models) or two tiles
-      (3D models) deep, and about 2048 (2D) / 512 (3D) voxels wide, so the halo is a small share.
+    - ``block``: the unit of work, a multiple of ``chunks``; None = chunk z (2D models) or four tiles
+      (3D models) deep and as wide as about 1 GiB of float32 probabilities allows (see :func:`auto_block`).
     - ``level``: input scale level (OME-Zarr/N5), default full resolution.
     - ``ngff_version``: "0.4" (zarr v2, read by Fiji today) or "0.5" (zarr v3).
     - ``pyramid``: write downsampled levels.
@@ -346,14 +346,22 @@ def auto_chunks(shape: Sequence[int]) -> tuple[int, int, int]:
     return (min(int(shape[0]), 32), min(int(shape[1]), 256), min(int(shape[2]), 256))
 
 
-def auto_block(shape: Sequence[int], chunks: Sequence[int], plan: TilingPlan, dims: int) -> tuple[int, int, int]:
-    def up(n: int, c: int, cap: int) -> int:
-        return int(min(-(-n // c) * c, -(-cap // c) * c))
+#: Default budget of one block's float32 probabilities (voxels × output channels): about 1 GiB.
+BLOCK_BUDGET = 256 << 20
 
-    tz, ty, tx = plan.tile_shape
-    wide = 2048 if dims == 2 else 512
-    bz = chunks[0] if dims == 2 else up(max(2 * tz, chunks[0]), chunks[0], shape[0])
-    return (bz, up(max(wide, 2 * ty), chunks[1], shape[1]), up(max(wide, 2 * tx), chunks[2], shape[2]))
+
+def auto_block(shape: Sequence[int], chunks: Sequence[int], plan: TilingPlan, dims: int,
+               channels: int = 1) -> tuple[int, int, int]:
+    """The default unit of work: as wide as the memory budget allows, since tiles that straddle a
+    block border are computed by both blocks (the extra work is about tile / block width per axis)."""
+    def fit(n: int, c: int, want: int) -> int:
+        return int(max(c, min(-(-n // c) * c, (want // c) * c)))
+
+    tz, ty, _ = plan.tile_shape
+    bz = chunks[0] if dims == 2 else fit(shape[0], chunks[0], max(4 * tz, chunks[0]))
+    side = int((BLOCK_BUDGET / max(1, channels * bz)) ** 0.5)
+    side = max(side, 2 * ty, chunks[1], chunks[2])
+    return (bz, fit(shape[1], chunks[1], side), fit(shape[2], chunks[2], side))
 
 
 def prepare_job(predictor: Any, model: str | Path, image: str | Path, output: str | Path, bw: BlockwiseConfig,
@@ -387,7 +395,7 @@ def prepare_job(predictor: Any, model: str | Path, image: str | Path, output: st
     finally:
         vol.close()
     chunks = tuple(min(c, n) for c, n in zip(bw.chunks or auto_chunks(shape), shape, strict=True))
-    block = bw.block or auto_block(shape, chunks, plan, mc.dims)
+    block = bw.block or auto_block(shape, chunks, plan, mc.dims, mc.out_channels)
     bad = [a for a, b, c, n in zip("zyx", block, chunks, shape, strict=True) if b % c and b < n]
     if bad:
         raise ConfigError(f"block {tuple(block)} must be a multiple of the chunks {tuple(chunks)} (axes {', '.join(bad)})")
