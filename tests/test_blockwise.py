@@ -325,3 +325,25 @@ def test_convert_tiff_to_ome_zarr_and_back(tmp_path: Path) -> None:
     back, cal = read_volume(tmp_path / "back.tif")
     assert np.array_equal(back, image) and cal == Calibration((0.05, 0.01, 0.01), "micron")
     assert cli(["convert", "--volume", str(tmp_path / "s.tif"), "--output", str(tmp_path / "s.ome.zarr")]) == 2
+
+
+def test_cli_many_stacks_in_parallel_one_task_per_stack(data: dict, tmp_path: Path) -> None:
+    import tifffile
+
+    from fiji_emseg.engine.volume_io import write_volume
+
+    d = data["2d"]
+    folder = tmp_path / "stacks"
+    for i in range(3):
+        write_volume(folder / f"s{i}.tif", d["image"][i * 4:(i + 1) * 4, :128, :160])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "fiji_emseg.cli.main", "predict", str(d["model_dir"]), str(folder),
+                           "-o", str(out), "--workers", "2", "--tile", "96", "96", "-q"],
+                          capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("predicted 4×128×160 voxels") == 3
+    with Predictor(d["model_dir"], PredictConfig(tile=d["tile"], threads=1)) as p:
+        for i in range(3):
+            ref = p.predict(folder / f"s{i}.tif").masks.transpose("class", "z", "y", "x").values
+            for k, cls in enumerate(("a", "b")):
+                assert np.array_equal(tifffile.imread(out / f"s{i}_{cls}_mask.tif") > 0, ref[k] > 0)

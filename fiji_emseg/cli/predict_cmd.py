@@ -109,13 +109,16 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir)
     if out_dir.suffix.lower() == ".zarr":
         return _run_blockwise(args, inputs, config)
-    given = [f for f, v in (("--workers", args.workers), ("--scheduler", args.scheduler), ("--resume", args.resume),
+    if (args.workers or args.scheduler) and not args.resume:
+        return _run_stacks(args, inputs, config)
+    given = [f for f, v in (("--resume", args.resume),
                             ("--level", args.level is not None), ("--chunks", args.chunks), ("--block", args.block),
                             ("--no-pyramid", args.no_pyramid)) if v]
     if given:
         from ..errors import ConfigError
 
-        raise ConfigError(f"{', '.join(given)} need an OME-Zarr output: give -o NAME.ome.zarr")
+        raise ConfigError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} an OME-Zarr output: "
+                          "give -o NAME.ome.zarr")
     if args.prob_dtype == "float16":
         from ..errors import ConfigError
 
@@ -162,4 +165,23 @@ def _run_blockwise(args: argparse.Namespace, inputs: list[Path], config: object)
     finally:
         close()
     print(result.summary())
+    return 0
+
+
+def _run_stacks(args: argparse.Namespace, inputs: list[Path], config: object) -> int:
+    """Many stacks in parallel on Dask (one task per stack), TIFF outputs into the folder."""
+    from ..engine.distributed import predict_stacks, tqdm_progress
+
+    update, close = tqdm_progress(disable=args.quiet, unit="stack")
+    try:
+        results = predict_stacks(args.model, inputs, args.output_dir, config, workers=args.workers,
+                                 scheduler=args.scheduler, overwrite=args.overwrite,
+                                 trust_custom_code=args.trust_custom_code, progress=update,
+                                 log=lambda s: print(s, file=sys.stderr))
+    finally:
+        close()
+    for r in results:
+        print(r["summary"])
+        for what, f in r["files"].items():
+            print(f"  {what}: {f}")
     return 0

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import ConfigError, EmsegError
@@ -100,6 +101,18 @@ class PredictorPlugin(WorkerPlugin):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__()  # type: ignore[misc]
 
+    def predictor(self, model: str, config: Any, trust_custom_code: bool) -> Any:
+        """One Predictor per (model, settings) on this worker, loaded on first use and kept."""
+        from .predictor import Predictor
+
+        key = f"predictor:{model}:{config!r}:{trust_custom_code}"
+        with self._lock:
+            p = self._contexts.get(key)
+            if p is None:
+                p = Predictor(model, config, trust_custom_code=trust_custom_code)
+                self._contexts[key] = p  # type: ignore[assignment]
+            return p
+
     def context(self, job: BlockJob) -> BlockContext:
         with self._lock:
             ctx = self._contexts.get(job.token)
@@ -127,6 +140,63 @@ def dask_block(job: BlockJob, index: tuple[int, int, int]) -> int:
 
 def dask_pyramid_block(job: BlockJob, level: int, index: tuple[int, int, int]) -> int:
     return run_pyramid_block(job, _worker_plugin().context(job).arrays, level, index)
+
+
+def dask_stack(model: str, config: Any, path: str, output_dir: str, overwrite: bool, trust_custom_code: bool) -> dict[str, Any]:
+    """A Dask task: one whole stack with this worker's cached predictor (batch of many stacks)."""
+    result = _worker_plugin().predictor(model, config, trust_custom_code).predict(path, output_dir, overwrite=overwrite)
+    return {"path": path, "summary": result.summary(), "voxels": int(np.prod(result.shape)),
+            "files": {f"{k} {c}".strip(): str(f) for (k, c), f in result.files.items()}}
+
+
+def predict_stacks(model: str | Path, inputs: list[Path], output_dir: str | Path, config: Any = None, *, workers: int = 0,
+                   scheduler: str | None = None, overwrite: bool = False, trust_custom_code: bool = False,
+                   progress: ProgressFn | None = None, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Predict many stacks in parallel on Dask, one task per stack (TIFF outputs as ``Predictor.predict``)."""
+    from dataclasses import replace
+
+    from distributed import as_completed
+
+    from .files import check_writable
+    from .prediction_output import OutputSpec, output_file_names
+    from .predictor import PredictConfig, Predictor
+
+    cfg = config or PredictConfig()
+    say = log or (lambda s: None)
+    if workers and cfg.threads is None:
+        cfg = replace(cfg, threads=_default_threads(workers))
+    names = [p.name.split(".")[0] for p in inputs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"several inputs are named {dupes}; their results would overwrite each other: rename them")
+    with Predictor(model, cfg, trust_custom_code=trust_custom_code) as p:  # checks the model and options once, here
+        spec = OutputSpec(p.model_config.classes, p.model_config.output, tuple(cfg.outputs), p.thresholds(),
+                          cfg.probability_dtype, cfg.cleanup)
+    for name in names if cfg.storage == "tiff" else ():  # every target, before any work
+        for fname in output_file_names(name, spec).values():
+            check_writable(Path(output_dir) / fname, overwrite)
+    client, cluster = connect(scheduler, workers, cfg.threads)
+    try:
+        say(f"Dask dashboard: {client.dashboard_link}")
+        client.register_plugin(PredictorPlugin(), name=PLUGIN_NAME)
+        futures = [client.submit(dask_stack, str(model), cfg, str(path), str(output_dir), overwrite, trust_custom_code,
+                                 pure=False) for path in inputs]
+        out, voxels = [], 0
+        try:
+            for n, fut in enumerate(as_completed(futures), start=1):
+                r = fut.result()
+                out.append(r)
+                voxels += r["voxels"]
+                if progress is not None:
+                    progress(n, len(inputs), voxels)
+        except BaseException:
+            client.cancel(futures)
+            raise
+        return sorted(out, key=lambda r: str(r["path"]))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def _worker_pids() -> int:
@@ -285,7 +355,7 @@ def _result(fut: Any) -> int:
         raise
 
 
-def tqdm_progress(disable: bool = False) -> tuple[ProgressFn, Callable[[], None]]:
+def tqdm_progress(disable: bool = False, unit: str = "block") -> tuple[ProgressFn, Callable[[], None]]:
     """A tqdm bar over blocks with M voxels/s, for the command line."""
     from tqdm import tqdm
 
@@ -295,7 +365,7 @@ def tqdm_progress(disable: bool = False) -> tuple[ProgressFn, Callable[[], None]
     def update(done: int, total: int, voxels: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, unit="block", desc="blocks", file=sys.stderr, disable=disable, dynamic_ncols=True)
+            bar = tqdm(total=total, unit=unit, desc=f"{unit}s", file=sys.stderr, disable=disable, dynamic_ncols=True)
         bar.n = done
         bar.set_postfix_str(f"{voxels / max(time.monotonic() - t0, 1e-9) / 1e6:.2f} M voxels/s", refresh=False)
         bar.refresh()
