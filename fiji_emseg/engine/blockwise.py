@@ -156,17 +156,26 @@ def predict_region(predictor: Any, volume: Any, plan: TilingPlan, stats: Intensi
     batch_size = predictor._batch_size(plan)
     queue: list[tuple[int, int, int, int, int, int, np.ndarray]] = []
 
+    # One read of the whole input extent (chunked stores decompress a chunk per read, so reading
+    # row by row would decompress each chunk once per slice); y/x reflect sources lie inside it.
+    zr0, zr1 = plan.z.starts[zi[0]], min(plan.z.starts[zi[-1]] + tz, Z)
+    maps = {m: ((np.pad(np.arange(Y), (0, pad_y), mode=m) if pad_y else np.arange(Y))[ylo:yhi],  # type: ignore[call-overload]
+                (np.pad(np.arange(X), (0, pad_x), mode=m) if pad_x else np.arange(X))[xlo:xhi])  # type: ignore[call-overload]
+            for m in ("reflect", "edge")}
+    ya = int(min(v[0].min() for v in maps.values()))
+    yb = int(max(v[0].max() for v in maps.values())) + 1
+    xa = int(min(v[1].min() for v in maps.values()))
+    xb = int(max(v[1].max() for v in maps.values())) + 1
+    raw_all = np.asarray(volume[zr0:zr1, ya:yb, xa:xb])
+
     def load(iz: int) -> np.ndarray:
         zs = plan.z.starts[iz]
         n = min(zs + tz, Z) - zs
         pz = tz - n
         mode = "reflect" if n > 1 or not pz else "edge"  # as Predictor._slabs pads a slab
         zmap = np.pad(np.arange(n), (0, pz), mode=mode) if pz else np.arange(n)
-        ymap = (np.pad(np.arange(Y), (0, pad_y), mode=mode) if pad_y else np.arange(Y))[ylo:yhi]
-        xmap = (np.pad(np.arange(X), (0, pad_x), mode=mode) if pad_x else np.arange(X))[xlo:xhi]
-        ya, yb, xa, xb = int(ymap.min()), int(ymap.max()) + 1, int(xmap.min()), int(xmap.max()) + 1
-        raw = np.asarray(volume[zs:zs + n, ya:yb, xa:xb])
-        slab = apply_normalization(raw, stats)
+        ymap, xmap = maps[mode]
+        slab = apply_normalization(raw_all[zs - zr0:zs - zr0 + n], stats)
         if pz or pad_y or pad_x:
             slab = slab[zmap][:, ymap - ya][:, :, xmap - xa]
         return slab
