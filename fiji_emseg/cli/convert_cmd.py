@@ -9,7 +9,8 @@ from typing import Any
 
 DESCRIPTION = """\
 Convert between image/mask TIFF stacks and DeepSCEM dataset files (.hdf5), so that DeepSCEM
-users can bring their data and take results back to DeepSCEM.
+users can bring their data and take results back to DeepSCEM; and (--volume) one volume of any
+size between TIFF, OME-Zarr, zarr and N5, streamed chunk by chunk.
 
 TIFF -> DeepSCEM: give each sample as --sample IMAGE [MASK ...], one binary mask (0/255 or 0/1)
 per class, the classes in the same order for every sample. Class names default to the mask

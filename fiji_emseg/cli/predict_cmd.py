@@ -71,9 +71,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
     t.add_argument("--threads", type=int, help="CPU threads (default: all)")
     t.add_argument("--trust-custom-code", action="store_true", help="allow models with custom architectures")
-    b = p.add_argument_group("whole volumes (output .ome.zarr)")
+    b = p.add_argument_group("whole volumes (output .ome.zarr) and Dask")
     b.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="predict on a local Dask cluster of N worker processes (default: in this process)")
+                   help="predict on a local Dask cluster of N worker processes (default: in this process); with an "
+                        ".ome.zarr output block by block, with a folder output one task per stack")
     b.add_argument("--scheduler", metavar="ADDRESS", help="use an existing Dask cluster, e.g. tcp://host:8786")
     b.add_argument("--level", type=int, metavar="L", help="input scale level of an OME-Zarr/N5 pyramid (default 0, full resolution)")
     b.add_argument("--chunks", nargs=3, type=int, metavar=("Z", "Y", "X"), help="output chunk shape (default 32 256 256)")
