@@ -347,3 +347,22 @@ def test_cli_many_stacks_in_parallel_one_task_per_stack(data: dict, tmp_path: Pa
             ref = p.predict(folder / f"s{i}.tif").masks.transpose("class", "z", "y", "x").values
             for k, cls in enumerate(("a", "b")):
                 assert np.array_equal(tifffile.imread(out / f"s{i}_{cls}_mask.tif") > 0, ref[k] > 0)
+
+
+def test_softmax_labels_into_ngff_05(data: dict, tmp_path: Path) -> None:
+    """A softmax model's label image (mode-downsampled) in an NGFF 0.5 (zarr v3) store equals Predictor.predict."""
+    d = data["2d"]
+    model = random_model_dir(tmp_path / "softmax", ModelConfig(classes=("a", "b"), depth=2, filters=4, output="softmax"),
+                             seed=2)
+    config = PredictConfig(outputs=("labels", "masks"), tile=d["tile"], threads=1)
+    src = d["input"]
+    with Predictor(model, config) as p:
+        ref = p.predict(src)
+    out = tmp_path / "soft.ome.zarr"
+    predict_blockwise(model, src, out, config, BlockwiseConfig(chunks=d["chunks"], block=(16, 256, 256), ngff_version="0.5"))
+    assert json.loads((out / "zarr.json").read_text())["zarr_format"] == 3
+    assert validate_ome_zarr(out) == ["labels", "masks"]
+    labels = open_volume(out / "labels")
+    np.testing.assert_array_equal(labels[:], ref.labels.values)
+    assert set(np.unique(labels[:])) <= {0, 1, 2}
+    assert open_volume(out / "labels", level=1).shape == (40, 150, 150)
