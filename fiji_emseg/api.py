@@ -5,6 +5,8 @@
 ...                             train=TrainConfig(val_slices="12-15", time_limit_minutes=30)))
 >>> pred = predict("mito_model", "other_stack.tif")        # in memory: xarray DataArrays
 >>> pred.masks.sel(**{"class": "mito"})                      # dims (z, y, x, class)
+>>> big = predict_volume("mito_model", "cell.ome.zarr", "cell_pred.ome.zarr", workers=4)  # block-wise, resumable
+>>> print(big.summary())
 
 Inputs may be file paths or arrays, so the same functions serve scripts, notebooks and Fiji.
 """
@@ -32,7 +34,7 @@ from .engine.training.trainer import TrainResult, train_model
 from .errors import ConfigError, EmsegWarning, InputDataError
 
 __all__ = ["TrainRequest", "train", "export_trained_model", "load_samples", "predict", "Predictor", "PredictConfig", "PredictionResult",
-           "export", "package", "evaluate", "measure"]
+           "export", "package", "evaluate", "measure", "predict_volume"]
 
 
 @dataclass
@@ -290,3 +292,31 @@ def measure(*args: Any, **kwargs: Any) -> Any:
     from .engine.evaluation.evaluation import measure as _measure
 
     return _measure(*args, **kwargs)
+
+
+def predict_volume(model: str | Path, image: str | Path, output: str | Path, *, workers: int = 0,
+                   scheduler: str | None = None, config: PredictConfig | None = None, chunks: Sequence[int] | None = None,
+                   block: Sequence[int] | None = None, level: int | None = None, ngff_version: str = "0.4",
+                   pyramid: bool = True, overwrite: bool = False, trust_custom_code: bool = False,
+                   progress: Callable[[int, int, int], None] | None = None, **options: Any) -> Any:
+    """Predict a volume of any size block-wise into an OME-Zarr store (``emseg predict ... -o x.ome.zarr``).
+
+    ``workers=N`` runs on a local Dask cluster of N processes, ``scheduler="tcp://host:8786"`` on an
+    existing one; neither: in this process. Rerunning the same call resumes a stopped run. Returns a
+    :class:`~fiji_emseg.engine.inference.dask_runner.BlockwiseResult` (``.output``, ``.summary()``).
+    """
+    from dataclasses import replace
+
+    from .engine.inference.blockwise import BlockwiseConfig
+    from .engine.inference.dask_runner import predict_blockwise
+
+    cfg = config or PredictConfig()
+    if options:
+        try:
+            cfg = replace(cfg, **options)
+        except TypeError as exc:
+            raise ConfigError(f"unknown prediction option: {exc}") from exc
+    bw = BlockwiseConfig(chunks=tuple(chunks) if chunks else None, block=tuple(block) if block else None,  # type: ignore[arg-type]
+                         level=level, ngff_version=ngff_version, pyramid=pyramid)
+    return predict_blockwise(model, image, output, cfg, bw, workers=workers, scheduler=scheduler, overwrite=overwrite,
+                             trust_custom_code=trust_custom_code, progress=progress)

@@ -9,7 +9,8 @@ from typing import Any
 
 DESCRIPTION = """\
 Convert between image/mask TIFF stacks and DeepSCEM dataset files (.hdf5), so that DeepSCEM
-users can bring their data and take results back to DeepSCEM.
+users can bring their data and take results back to DeepSCEM; and (--volume) one volume of any
+size between TIFF, OME-Zarr, zarr and N5, streamed chunk by chunk.
 
 TIFF -> DeepSCEM: give each sample as --sample IMAGE [MASK ...], one binary mask (0/255 or 0/1)
 per class, the classes in the same order for every sample. Class names default to the mask
@@ -32,7 +33,10 @@ examples:
                 --name MITO --output mito.hdf5
   emseg convert --sample image.tif membrane.tif --slices 0-11 --output train.hdf5
   emseg convert --deepscem dataset.hdf5 --output exported/
-  emseg convert --deepscem predicted.hdf5 --predictions --threshold 0.5 --output predicted/"""
+  emseg convert --deepscem predicted.hdf5 --predictions --threshold 0.5 --output predicted/
+  emseg convert --volume stack.tif --output stack.ome.zarr --chunks 64 256 256
+  emseg convert --volume prediction.ome.zarr/masks --output masks.tif
+  emseg convert --volume cell.n5 --level 1 --output cell_s1.ome.zarr"""
 
 _MASK_EXTS = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy", ".zarr")
 
@@ -45,10 +49,20 @@ def register(subparsers: Any) -> None:
     src.add_argument("--sample", "-s", nargs="+", action="append", metavar="FILE", dest="samples",
                      help="one sample: IMAGE then its masks, one per class (repeat for more samples)")
     src.add_argument("--deepscem", "-d", metavar="HDF5", help="DeepSCEM dataset file to export as TIFF folders")
+    src.add_argument("--volume", "-v", metavar="VOLUME",
+                     help="one volume (TIFF, OME-Zarr, zarr, N5) to convert, streamed, into OME-Zarr (--output x.ome.zarr) "
+                          "or an ImageJ TIFF (--output x.tif)")
     p.add_argument("--output", "-o", required=True, metavar="PATH",
                    help="with --sample: the .hdf5 file to write; with --deepscem: the folder to write into "
                         "(created if needed)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+    v = p.add_argument_group("volumes (--volume): TIFF <-> OME-Zarr, streamed (memory flat in the volume size)")
+    v.add_argument("--level", type=int, metavar="L", help="scale level of an OME-Zarr/N5 input (default 0)")
+    v.add_argument("--chunks", nargs=3, type=int, metavar=("Z", "Y", "X"), help="OME-Zarr chunk shape (default 32 256 256)")
+    v.add_argument("--ngff-version", choices=("0.4", "0.5"), default="0.4",
+                   help="OME-Zarr version: 0.4 (zarr v2, opens in Fiji today; default) or 0.5 (zarr v3)")
+    v.add_argument("--no-pyramid", action="store_true", help="OME-Zarr: full resolution only")
 
     a = p.add_argument_group("TIFF -> DeepSCEM (--sample)")
     a.add_argument("--classes", "-c", nargs="+", metavar="NAME",
@@ -88,9 +102,51 @@ def run(args: argparse.Namespace) -> int:
             verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
             other = "--deepscem" if right == "--sample" else "--sample"
             raise ConfigError(f"{', '.join(given)} only {verb} to {right} input; leave {them} out with {other}")
+    if args.volume is not None:
+        return _convert_volume(args)
     if args.deepscem is not None:
         return _to_tiff(args)
     return _to_deepscem(args)
+
+
+# --------------------------------------------------------------------------- volumes: TIFF <-> OME-Zarr
+
+
+def _convert_volume(args: argparse.Namespace) -> int:
+    """Stream one volume into OME-Zarr or TIFF, a chunk-deep slab (or one slice) at a time."""
+    import numpy as np
+
+    from ..engine.data.files import check_writable
+    from ..engine.data.ome_zarr import write_ome_zarr
+    from ..engine.data.volume_io import (
+        IMAGEJ_DTYPES,
+        TIFF_SUFFIXES,
+        StackWriter,
+        open_volume,
+    )
+    from ..errors import ConfigError
+
+    out = Path(args.output)
+    is_zarr = out.suffix.lower() == ".zarr"
+    if not is_zarr and out.suffix.lower() not in TIFF_SUFFIXES:
+        raise ConfigError(f"output {out.name} must end in .ome.zarr (OME-Zarr) or .tif (ImageJ TIFF)")
+    check_writable(out, args.overwrite) if not is_zarr else None
+    vol = open_volume(args.volume, level=args.level)
+    try:
+        if is_zarr:
+            write_ome_zarr(vol, out, chunks=tuple(args.chunks) if args.chunks else None, version=args.ngff_version,
+                           pyramid=not args.no_pyramid, overwrite=args.overwrite)
+        else:
+            dtype = vol.dtype if vol.dtype in IMAGEJ_DTYPES else np.dtype(np.float32)
+            with StackWriter(out, vol.shape, dtype, vol.calibration, args.overwrite) as writer:
+                for z in range(vol.shape[0]):
+                    writer.write(np.asarray(vol[z], dtype=dtype))
+    finally:
+        vol.close()
+    z, y, x = vol.shape
+    print(f"wrote {out} ({z}×{y}×{x} {vol.dtype}, voxel {'×'.join(f'{v:g}' for v in vol.calibration.voxel_size)} "
+          f"{vol.calibration.unit})")
+    return 0
 
 
 # --------------------------------------------------------------------------- TIFF -> DeepSCEM

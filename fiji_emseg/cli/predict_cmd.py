@@ -21,6 +21,16 @@ examples:
   emseg predict mito_model stack.tif -o predictions/
   emseg predict model folder_of_stacks/ -o out/ --outputs masks probabilities --threshold mito=0.4 er=0.6
   emseg predict model big.tif -o out/ --device cuda --backend torch --tta --min-size 200 --fill-holes 50
+
+whole volumes (OME-Zarr, zarr, N5 or TIFF input; any size):
+  an output ending in .zarr (e.g. -o out.ome.zarr) is written block-wise as OME-Zarr (NGFF 0.4:
+  one multiscale image per output kind, with pyramid and voxel size). Blocks are aligned to the
+  output chunks, read with the model's halo and predicted on the global tile grid, so the result
+  equals a single-process run. A stopped run resumes when the same command is run again;
+  a run with other settings into the same store is refused.
+  emseg predict model cell.ome.zarr -o cell_pred.ome.zarr --outputs masks probabilities
+  emseg predict model cell.ome.zarr -o cell_pred.ome.zarr --workers 4           # local Dask cluster
+  emseg predict model cell.n5 -o cell_pred.ome.zarr --scheduler tcp://head:8786  # existing cluster
 """
 
 
@@ -34,8 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="what to write (default masks); labels = argmax label map")
     o.add_argument("--threshold", nargs="+", metavar="T",
                    help="mask threshold: one value, one per class, or CLASS=T pairs (default 0.5; softmax models use argmax)")
-    o.add_argument("--prob-dtype", choices=("float32", "uint8"), default="float32",
-                   help="probability maps as float32 (default) or uint8 (0-255, 4x smaller)")
+    o.add_argument("--prob-dtype", choices=("float32", "uint8", "float16"), default="float32",
+                   help="probability maps as float32 (default), uint8 (0-255, 4x smaller) or float16 (OME-Zarr only)")
     o.add_argument("--format", choices=("tiff", "zarr"), default="tiff", help="output format (default tiff)")
     o.add_argument("--compression", choices=("zlib", "lzw", "zstd"), help="TIFF compression (default none)")
     o.add_argument("--overwrite", action="store_true", help="replace existing result files")
@@ -61,6 +71,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
     t.add_argument("--threads", type=int, help="CPU threads (default: all)")
     t.add_argument("--trust-custom-code", action="store_true", help="allow models with custom architectures")
+    b = p.add_argument_group("whole volumes (output .ome.zarr) and Dask")
+    b.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="predict on a local Dask cluster of N worker processes (default: in this process); with an "
+                        ".ome.zarr output block by block, with a folder output one task per stack")
+    b.add_argument("--scheduler", metavar="ADDRESS", help="use an existing Dask cluster, e.g. tcp://host:8786")
+    b.add_argument("--level", type=int, metavar="L", help="input scale level of an OME-Zarr/N5 pyramid (default 0, full resolution)")
+    b.add_argument("--chunks", nargs=3, type=int, metavar=("Z", "Y", "X"), help="output chunk shape (default 32 256 256)")
+    b.add_argument("--block", nargs=3, type=int, metavar=("Z", "Y", "X"),
+                   help="block (unit of work) shape, a multiple of the chunks (default: automatic)")
+    b.add_argument("--ngff-version", choices=("0.4", "0.5"), default="0.4",
+                   help="OME-Zarr version: 0.4 (zarr v2, opens in Fiji today; default) or 0.5 (zarr v3)")
+    b.add_argument("--no-pyramid", action="store_true", help="write full resolution only")
+    b.add_argument("--resume", action="store_true",
+                   help="only continue an existing output (refuse to start a new one); resuming is automatic anyway")
     add_progress_flags(p)
     p.set_defaults(func=run)
 
@@ -84,6 +108,22 @@ def run(args: argparse.Namespace) -> int:
         probability_dtype=args.prob_dtype, thresholds=parse_class_values(args.threshold, what="threshold"),
         cleanup=cleanup, storage=args.format, compression=args.compression)
     out_dir = Path(args.output_dir)
+    if out_dir.suffix.lower() == ".zarr":
+        return _run_blockwise(args, inputs, config)
+    if (args.workers or args.scheduler) and not args.resume:
+        return _run_stacks(args, inputs, config)
+    given = [f for f, v in (("--resume", args.resume),
+                            ("--level", args.level is not None), ("--chunks", args.chunks), ("--block", args.block),
+                            ("--no-pyramid", args.no_pyramid)) if v]
+    if given:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} an OME-Zarr output: "
+                          "give -o NAME.ome.zarr")
+    if args.prob_dtype == "float16":
+        from ..errors import ConfigError
+
+        raise ConfigError("float16 probabilities are written to OME-Zarr only; use -o NAME.ome.zarr, or uint8/float32")
     with Predictor(args.model, config, trust_custom_code=args.trust_custom_code) as predictor:
         print(f"model {predictor.model_config.name} ({', '.join(predictor.model_config.classes)}); "
               f"backend: {predictor.backend.description}", file=sys.stderr)
@@ -103,4 +143,46 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {kind}{' ' + cls if cls else ''}: {f}")
         if len(inputs) > 1:
             print(f"{len(inputs)} stacks, {total_voxels / max(total_s, 1e-9) / 1e6:.2f} M voxels/s overall")
+    return 0
+
+
+def _run_blockwise(args: argparse.Namespace, inputs: list[Path], config: object) -> int:
+    from ..engine.inference.blockwise import BlockwiseConfig
+    from ..engine.inference.dask_runner import predict_blockwise, tqdm_progress
+    from ..errors import ConfigError
+
+    out = Path(args.output_dir)
+    if len(inputs) != 1:
+        raise ConfigError(f"an OME-Zarr output takes one input volume, got {len(inputs)}; give one, or -o FOLDER for TIFFs")
+    if args.resume and not out.exists():
+        raise ConfigError(f"--resume: {out} does not exist; drop --resume to start a new run")
+    bw = BlockwiseConfig(chunks=tuple(args.chunks) if args.chunks else None, block=tuple(args.block) if args.block else None,
+                         level=args.level, ngff_version=args.ngff_version, pyramid=not args.no_pyramid)
+    update, close = tqdm_progress(disable=args.quiet)
+    try:
+        result = predict_blockwise(args.model, inputs[0], out, config, bw, workers=args.workers, scheduler=args.scheduler,
+                                   overwrite=args.overwrite, trust_custom_code=args.trust_custom_code, progress=update,
+                                   log=lambda s: print(s, file=sys.stderr))
+    finally:
+        close()
+    print(result.summary())
+    return 0
+
+
+def _run_stacks(args: argparse.Namespace, inputs: list[Path], config: object) -> int:
+    """Many stacks in parallel on Dask (one task per stack), TIFF outputs into the folder."""
+    from ..engine.inference.dask_runner import predict_stacks, tqdm_progress
+
+    update, close = tqdm_progress(disable=args.quiet, unit="stack")
+    try:
+        results = predict_stacks(args.model, inputs, args.output_dir, config, workers=args.workers,
+                                 scheduler=args.scheduler, overwrite=args.overwrite,
+                                 trust_custom_code=args.trust_custom_code, progress=update,
+                                 log=lambda s: print(s, file=sys.stderr))
+    finally:
+        close()
+    for r in results:
+        print(r["summary"])
+        for what, f in r["files"].items():
+            print(f"  {what}: {f}")
     return 0

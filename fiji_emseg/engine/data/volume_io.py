@@ -330,29 +330,9 @@ def _open_npy(path: Path) -> LazyVolume:
 
 
 def _open_zarr(path: Path) -> LazyVolume:
-    import zarr
+    from .chunked_io import open_zarr_volume
 
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as exc:
-        raise InputDataError(
-            f"cannot read {path}: not a valid zarr array ({exc}); check the path or re-save it") from exc
-    if isinstance(node, zarr.Group):
-        keys = sorted(node.array_keys())
-        if len(keys) != 1:
-            raise InputDataError(f"{path} is a zarr group with arrays {keys}; give the path of one array")
-        node = node[keys[0]]
-    arr: Any = node
-    cal = Calibration()
-    vs = arr.attrs.get("voxel_size")
-    if isinstance(vs, (list, tuple)):
-        try:
-            voxel = tuple(float(v) for v in vs)
-            cal = Calibration(voxel, str(arr.attrs.get("unit", "pixel")))  # type: ignore[arg-type]
-        except (TypeError, ValueError) as exc:
-            raise InputDataError(
-                f"{path}: voxel_size attribute {vs!r} is not three numbers (z, y, x); fix or remove it") from exc
-    return _wrap_array(arr, str(path), cal)
+    return open_zarr_volume(path)
 
 
 def _wrap_array(arr: ArrayLike3D, source: str, calibration: Calibration | None = None) -> LazyVolume:
@@ -383,10 +363,13 @@ class _Add0:
         return plane[zk]
 
 
-def open_volume(source: str | Path | np.ndarray | ArrayLike3D, calibration: Calibration | None = None) -> LazyVolume:
+def open_volume(source: str | Path | np.ndarray | ArrayLike3D, calibration: Calibration | None = None,
+                level: int | None = None) -> LazyVolume:
     """Open a volume lazily as (Z, Y, X); arrays are wrapped, files are read on demand.
 
-    Supported files: TIFF (ImageJ hyperstacks included), ``.npy`` (memory-mapped) and zarr arrays.
+    Supported files: TIFF (ImageJ hyperstacks included), ``.npy`` (memory-mapped), zarr arrays,
+    OME-Zarr images (NGFF 0.4/0.5; *level* picks the scale level, default full resolution) and
+    N5 datasets (see :mod:`fiji_emseg.engine.chunked_io`).
     """
     if not isinstance(source, (str, Path)):
         if isinstance(source, LazyVolume):
@@ -398,16 +381,22 @@ def open_volume(source: str | Path | np.ndarray | ArrayLike3D, calibration: Cali
     if not path.exists():
         raise InputDataError(f"{path} does not exist; check the path")
     suffix = path.suffix.lower()
+    from .chunked_io import is_n5, is_zarr, open_n5, open_zarr_volume
+
+    if level not in (None, 0) and (suffix in TIFF_SUFFIXES or suffix == ".npy"):
+        raise InputDataError(f"{path.name} has a single scale level; level {level} does not exist (omit it)")
     if suffix in TIFF_SUFFIXES:
         vol = _open_tiff(path)
     elif suffix == ".npy":
         vol = _open_npy(path)
-    elif suffix == ".zarr" or (path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zarray", ".zgroup"))):
-        vol = _open_zarr(path)
+    elif is_n5(path):
+        vol = open_n5(path, level)
+    elif is_zarr(path):
+        vol = open_zarr_volume(path, level)
     elif path.is_dir():
-        raise InputDataError(f"{path} is a folder; give a TIFF, .npy or .zarr volume")
+        raise InputDataError(f"{path} is a folder; give a TIFF, .npy or .zarr volume (OME-Zarr, or a .n5 dataset)")
     else:
-        raise InputDataError(f"{path.name}: unsupported file type {suffix!r}; use TIFF (.tif), .npy or .zarr")
+        raise InputDataError(f"{path.name}: unsupported file type {suffix!r}; use TIFF (.tif), .npy, .zarr/.ome.zarr or .n5")
     if calibration is not None:
         vol.calibration = calibration
     try:
@@ -442,7 +431,7 @@ def expand_stack_paths(paths: Sequence[str | Path], what: str = "input", folder_
         p = Path(entry).expanduser()
         if not p.exists():
             raise InputDataError(f"{what}: {entry} does not exist; check the path")
-        if p.is_dir() and p.suffix.lower() != ".zarr":
+        if p.is_dir() and p.suffix.lower() not in (".zarr", ".n5") and not _is_chunked_store(p):
             if not folder_ok:
                 raise InputDataError(f"{what}: {entry} is a folder; give a file")
             found = sorted(f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES and not f.name.startswith("."))
@@ -452,6 +441,12 @@ def expand_stack_paths(paths: Sequence[str | Path], what: str = "input", folder_
         else:
             out.append(p)
     return out
+
+
+def _is_chunked_store(path: Path) -> bool:
+    from .chunked_io import is_n5, is_zarr
+
+    return is_zarr(path) or is_n5(path)
 
 
 # --------------------------------------------------------------------------- writing
