@@ -67,7 +67,7 @@ class TrainRequest:
             flips=not a.no_flips, rot90=not a.no_rot90, brightness=a.brightness, contrast=a.contrast,
             gamma=a.gamma, noise=a.noise)
         train_cfg = TrainConfig(
-            epochs=a.epochs or 64, steps_per_epoch=a.steps, batch_size=a.batch_size, patch_size=patch, loss=a.loss,
+            epochs=64 if a.epochs is None else a.epochs, steps_per_epoch=a.steps, batch_size=a.batch_size, patch_size=patch, loss=a.loss,
             class_weights=tuple(a.class_weights) if a.class_weights else None, optimizer=a.optimizer,
             learning_rate=a.lr, weight_decay=a.weight_decay, lr_schedule=a.schedule, lr_patience=a.lr_patience,
             lr_factor=a.lr_factor, min_lr=a.min_lr, val_steps=a.val_steps, val_slices=a.val_slices,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_progress_flags
+from .common import add_progress_flags, float_range, int_range
 
 HELP = "train a segmentation model on annotated EM stacks"
 DESCRIPTION = """\
@@ -41,71 +41,71 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     v.add_argument("--val-image", action="append", metavar="IMAGE", help="separate validation stack (repeatable)")
     v.add_argument("--val-masks", action="append", nargs="+", metavar="MASK", help="its masks, in class order")
     v.add_argument("--val-dataset", metavar="H5", help="DeepSCEM HDF5 validation dataset")
-    v.add_argument("--val-steps", type=int, default=8, help="validation batches per epoch, fixed patches (default 8; 0 = none)")
+    v.add_argument("--val-steps", type=int_range(0), default=8, help="validation batches per epoch, fixed patches (default 8; 0 = none)")
     m = p.add_argument_group("model")
     m.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2D (default) or 3D U-Net")
-    m.add_argument("--depth", type=int, default=5, help="levels; depth 5 = four 2x poolings (default 5)")
-    m.add_argument("--filters", type=int, default=32, help="filters of the first level, doubled per level (default 32)")
-    m.add_argument("--blocks", type=int, default=1, help="blocks per level (default 1)")
-    m.add_argument("--convs", type=int, default=2, help="convolutions per block (default 2)")
+    m.add_argument("--depth", type=int_range(1, 8), default=5, help="levels; depth 5 = four 2x poolings (default 5)")
+    m.add_argument("--filters", type=int_range(1), default=32, help="filters of the first level, doubled per level (default 32)")
+    m.add_argument("--blocks", type=int_range(1), default=1, help="blocks per level (default 1)")
+    m.add_argument("--convs", type=int_range(1), default=2, help="convolutions per block (default 2)")
     m.add_argument("--plain", action="store_true", help="plain blocks instead of residual blocks")
     m.add_argument("--norm-layer", choices=("batch", "group", "instance", "none"), default="batch",
                    help="normalisation layers (default batch, recalibrated before saving)")
-    m.add_argument("--dropout", type=float, default=0.0, help="spatial dropout rate per level (default 0)")
-    m.add_argument("--kernel-size", type=int, default=3, help="convolution kernel size (default 3)")
+    m.add_argument("--dropout", type=float_range(0.0, 0.99), default=0.0, help="spatial dropout rate per level (default 0)")
+    m.add_argument("--kernel-size", type=int_range(1, 15), default=3, help="convolution kernel size (default 3)")
     m.add_argument("--output", choices=("sigmoid", "softmax"), default="sigmoid",
                    help="sigmoid: one independent probability per class (overlapping classes); "
                         "softmax: exclusive classes with background (default sigmoid)")
-    m.add_argument("--z-poolings", type=int, help="3D only: poolings that also halve Z (default: all)")
+    m.add_argument("--z-poolings", type=int_range(0, 7), help="3D only: poolings that also halve Z (default: all)")
     m.add_argument("--architecture", default="unet", help="'unet' or 'package.module:builder' for your own torch module")
     m.add_argument("--init-from", metavar="MODEL", help="fine-tune from an existing model folder")
     t = p.add_argument_group("optimisation")
-    t.add_argument("--epochs", type=int, help="epochs (default 64; with --resume: extend the run to this many)")
-    t.add_argument("--steps", type=int, default=256, help="steps per epoch (default 256)")
-    t.add_argument("--batch-size", type=int, default=8, help="patches per step (default 8)")
-    t.add_argument("--patch-size", nargs="+", type=int, default=None, metavar="N",
+    t.add_argument("--epochs", type=int_range(1), help="epochs (default 64; with --resume: extend the run to this many)")
+    t.add_argument("--steps", type=int_range(1), default=256, help="steps per epoch (default 256)")
+    t.add_argument("--batch-size", type=int_range(1), default=8, help="patches per step (default 8)")
+    t.add_argument("--patch-size", nargs="+", type=int_range(1), default=None, metavar="N",
                    help="patch size: Y X for 2D (default 256 256), Z Y X for 3D (default 32 128 128)")
     t.add_argument("--loss", choices=("dice", "weighted_dice", "ce", "dice_ce", "focal", "mse"), default="dice",
                    help="loss function (default dice)")
-    t.add_argument("--class-weights", nargs="+", type=float, metavar="W", help="one weight per class for weighted losses")
+    t.add_argument("--class-weights", nargs="+", type=float_range(0.0), metavar="W", help="one weight per class for weighted losses")
     t.add_argument("--optimizer", choices=("adam", "adamw"), default="adam", help="optimizer (default adam)")
-    t.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    t.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
+    t.add_argument("--lr", type=float_range(0.0, low_open=True), default=1e-3, help="learning rate (default 1e-3)")
+    t.add_argument("--weight-decay", type=float_range(0.0), default=0.0, help="weight decay (default 0)")
     t.add_argument("--schedule", choices=("constant", "plateau", "cosine", "poly"), default="cosine",
                    help="learning-rate schedule (default cosine)")
-    t.add_argument("--lr-patience", type=int, default=4, help="plateau schedule: epochs before reducing (default 4)")
-    t.add_argument("--lr-factor", type=float, default=0.5, help="plateau schedule: reduction factor (default 0.5)")
-    t.add_argument("--min-lr", type=float, default=1e-6, help="lowest learning rate (default 1e-6)")
+    t.add_argument("--lr-patience", type=int_range(0), default=4, help="plateau schedule: epochs before reducing (default 4)")
+    t.add_argument("--lr-factor", type=float_range(0.0, 1.0, low_open=True), default=0.5, help="plateau schedule: reduction factor (default 0.5)")
+    t.add_argument("--min-lr", type=float_range(0.0), default=1e-6, help="lowest learning rate (default 1e-6)")
     t.add_argument("--no-keep-best", action="store_true", help="save the last epoch instead of the best")
     t.add_argument("--monitor", choices=("val_loss", "val_f1"), default="val_loss", help="what 'best' means (default val_loss)")
-    t.add_argument("--early-stopping", type=int, default=0, metavar="EPOCHS",
+    t.add_argument("--early-stopping", type=int_range(0), default=0, metavar="EPOCHS",
                    help="stop after this many epochs without improvement (default 0 = never)")
-    t.add_argument("--time-limit", type=float, metavar="MINUTES",
+    t.add_argument("--time-limit", type=float_range(0.0, low_open=True), metavar="MINUTES",
                    help="stop after this many minutes; the LR schedule anneals over the budget (default: none)")
-    t.add_argument("--label-focus", type=float, default=0.8,
+    t.add_argument("--label-focus", type=float_range(0.0, 1.0), default=0.8,
                    help="fraction of patches centred on a labelled voxel of a random class (default 0.8)")
     a = p.add_argument_group("augmentation")
     a.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     a.add_argument("--no-flips", action="store_true", help="no flips")
     a.add_argument("--no-rot90", action="store_true", help="no 90-degree rotations")
-    a.add_argument("--brightness", type=float, default=0.1, help="max brightness shift (default 0.1)")
-    a.add_argument("--contrast", type=float, default=0.15, help="max relative contrast change (default 0.15)")
-    a.add_argument("--gamma", type=float, default=0.2, help="max log-gamma change (default 0.2)")
-    a.add_argument("--noise", type=float, default=0.03, help="max Gaussian noise sigma (default 0.03)")
+    a.add_argument("--brightness", type=float_range(0.0), default=0.1, help="max brightness shift (default 0.1)")
+    a.add_argument("--contrast", type=float_range(0.0), default=0.15, help="max relative contrast change (default 0.15)")
+    a.add_argument("--gamma", type=float_range(0.0), default=0.2, help="max log-gamma change (default 0.2)")
+    a.add_argument("--noise", type=float_range(0.0), default=0.03, help="max Gaussian noise sigma (default 0.03)")
     n = p.add_argument_group("normalisation")
     n.add_argument("--normalization", choices=("percentile", "minmax", "fixed", "none"), default="percentile",
                    help="intensity normalisation (default percentile 1-99.8; minmax = DeepSCEM's)")
-    n.add_argument("--norm-low", type=float, help="low percentile (or value, for fixed); default 1")
-    n.add_argument("--norm-high", type=float, help="high percentile (or value, for fixed); default 99.8")
+    n.add_argument("--norm-low", type=float_range(), help="low percentile (or value, for fixed); default 1")
+    n.add_argument("--norm-high", type=float_range(), help="high percentile (or value, for fixed); default 99.8")
     r = p.add_argument_group("run")
-    r.add_argument("--seed", type=int, help="random seed (default: drawn and recorded)")
+    r.add_argument("--seed", type=int_range(0, 2**32 - 1), help="random seed (default: drawn and recorded)")
     r.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:N, mps")
     r.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto", help="mixed precision (default auto: on for GPUs)")
-    r.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    r.add_argument("--threads", type=int_range(1, 1024), help="CPU threads (default: all)")
     r.add_argument("--deterministic", action="store_true", help="deterministic GPU kernels (slower)")
-    r.add_argument("--bn-recalibration", type=int, default=16, metavar="BATCHES",
+    r.add_argument("--bn-recalibration", type=int_range(0), default=16, metavar="BATCHES",
                    help="batches used to re-estimate BatchNorm statistics before each validation (default 16; 0 = off)")
-    r.add_argument("--checkpoint-minutes", type=float, default=10.0, help="minutes between mid-epoch checkpoints (default 10)")
+    r.add_argument("--checkpoint-minutes", type=float_range(0.0, low_open=True), default=10.0, help="minutes between mid-epoch checkpoints (default 10)")
     r.add_argument("--resume", action="store_true", help="continue the interrupted training in MODEL_DIR")
     r.add_argument("--overwrite", action="store_true", help="replace a model already in MODEL_DIR")
     r.add_argument("--no-export", action="store_true", help="do not export model.onnx after training")

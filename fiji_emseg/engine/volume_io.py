@@ -284,6 +284,7 @@ def _open_tiff(path: Path) -> LazyVolume:
     try:
         series = tif.series[0]
         _check_complete(tif, series.axes, series.shape, path)
+        _check_tags_agree(tif, series, path)
         index = _axes_to_zyx_index(series.axes, series.shape, path)
         store = series.aszarr()
         node = zarr.open(store, mode="r")
@@ -318,6 +319,45 @@ def _check_complete(tif: Any, axes: str, shape: Sequence[int], path: Path) -> No
         raise InputDataError(
             f"cannot read {path}: its ImageJ header announces {expected} images but only {planes} can be read, "
             "so the file is truncated or damaged; copy it again or re-save it from Fiji")
+
+
+def _check_tags_agree(tif: Any, series: Any, path: Path) -> None:
+    """Refuse a TIFF whose own tags contradict each other, instead of reading a wrong shape.
+
+    A damaged ImageLength tag (39 instead of 64) still opens: tifffile then reads the first 39
+    rows of every plane and the rest of the data is silently lost. The strip byte counts record
+    how much data each plane really holds, so for uncompressed data they must equal what the
+    width, height and pixel type announce. Pages beyond what the metadata describes mean the
+    metadata (the ImageJ header) was damaged.
+    """
+    damaged = f"cannot read {path}: the file is damaged"
+    fix = "copy it again or re-save it from Fiji"
+    shape = tuple(int(n) for n in series.shape)
+    if not shape or min(shape) == 0:
+        raise InputDataError(f"{damaged} (its tags give an empty image of shape {shape}); {fix}")
+    page = series.keyframe if getattr(series, "keyframe", None) is not None else series.pages[0]
+    sizes = dict(zip(series.axes, shape, strict=True))
+    if (sizes.get("Y"), sizes.get("X")) != (int(page.imagelength), int(page.imagewidth)):
+        raise InputDataError(
+            f"{damaged} (its tags give {page.imagelength}×{page.imagewidth} pixels per image but the series "
+            f"{sizes.get('Y')}×{sizes.get('X')}); {fix}")
+    counts = tuple(int(c) for c in (page.databytecounts or ()))
+    if int(page.compression) == 1 and int(page.bitspersample) % 8 == 0 and counts:
+        if page.is_tiled:
+            tile_bytes = int(page.tilelength) * int(page.tilewidth) * max(1, int(getattr(page, "tiledepth", 1) or 1)) \
+                * int(page.samplesperpixel) * int(page.bitspersample) // 8
+            expected = tile_bytes * len(counts)
+        else:
+            expected = int(page.imagelength) * int(page.imagewidth) * int(page.samplesperpixel) * int(page.bitspersample) // 8
+        if sum(counts) != expected:
+            raise InputDataError(
+                f"{damaged} (its tags announce {page.imagelength}×{page.imagewidth} pixels, {expected} bytes per image, "
+                f"but the image data holds {sum(counts)} bytes); {fix}")
+    planes = math.prod(int(n) for a, n in zip(series.axes, shape, strict=True) if a not in "YXS")
+    n_pages = len(tif.pages)
+    if n_pages > planes and len(tif.series) == 1:
+        raise InputDataError(
+            f"{damaged} (its header describes {planes} image(s) but the file holds {n_pages}); {fix}")
 
 
 def _open_npy(path: Path) -> LazyVolume:
@@ -398,6 +438,8 @@ def open_volume(source: str | Path | np.ndarray | ArrayLike3D, calibration: Cali
     if not path.exists():
         raise InputDataError(f"{path} does not exist; check the path")
     suffix = path.suffix.lower()
+    if path.is_dir() and suffix in (*TIFF_SUFFIXES, ".npy"):
+        raise InputDataError(f"{path} is a folder, not a {suffix} file; give the path of the file itself")
     if suffix in TIFF_SUFFIXES:
         vol = _open_tiff(path)
     elif suffix == ".npy":
@@ -412,6 +454,9 @@ def open_volume(source: str | Path | np.ndarray | ArrayLike3D, calibration: Cali
         vol.calibration = calibration
     try:
         _check_pixel_type(vol.dtype, path)
+        if min(vol.shape) == 0:
+            raise InputDataError(f"{path} holds no pixels (shape {vol.shape}); the file is empty or damaged, "
+                                 "copy it again or re-save it")
     except InputDataError:
         vol.close()
         raise
