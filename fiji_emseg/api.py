@@ -25,6 +25,7 @@ from .engine.predictor import PredictConfig, PredictionResult, Predictor, predic
 from .engine.sample import Sample, load_sample
 from .engine.train_config import TrainConfig
 from .engine.trainer import TrainResult, train_model
+from .engine.training_sources import DataSources, record_sources
 from .errors import ConfigError, EmsegWarning, InputDataError
 
 __all__ = ["TrainRequest", "train", "export_trained_model", "load_samples", "predict", "Predictor", "PredictConfig", "PredictionResult",
@@ -125,6 +126,8 @@ def load_samples(images: Sequence[Any], masks: Sequence[Sequence[Any]], class_na
 def train(request: TrainRequest, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Load the data, train, then export ONNX next to the weights."""
     r = request
+    if r.resume and not r.images and r.dataset is None:
+        r = _with_recorded_sources(r, callbacks)
     samples: list[Sample] = []
     if r.images or r.dataset is not None:
         samples = load_samples(r.images, r.masks, r.class_names, r.annotated, r.annotated_slices, r.dataset)
@@ -137,14 +140,37 @@ def train(request: TrainRequest, callbacks: Sequence[Callback] = ()) -> TrainRes
     model_config = None
     if not r.resume and r.init_from is None:
         model_config = ModelConfig(classes=samples[0].class_names, **r.model)
+    sources = record_sources(r.images, r.masks, annotated=r.annotated, dataset=r.dataset, val_images=r.val_images,
+                             val_masks=r.val_masks, val_dataset=r.val_dataset, class_names=r.class_names,
+                             annotated_slices=r.annotated_slices)
     result = train_model(samples, r.model_dir, model_config=model_config, config=r.train, normalization=r.normalization,
                          val_samples=val or None, init_from=r.init_from, resume=r.resume, overwrite=r.overwrite,
-                         epochs=r.resume_epochs if r.resume else None, callbacks=callbacks)
+                         epochs=r.resume_epochs if r.resume else None, callbacks=callbacks, sources=sources)
     if r.export_onnx and result.status != "interrupted":
         result.files.update(export_trained_model(
             result.model_dir, fp16=r.fp16_export, trust_custom_code=r.trust_custom_code,
             int8_from=(samples, val or samples) if r.int8_export else None))
     return result
+
+
+def _with_recorded_sources(r: TrainRequest, callbacks: Sequence[Callback]) -> TrainRequest:
+    """A resume request without data, completed with the files recorded in the model folder."""
+    import dataclasses
+
+    from .engine.model_store import CONFIG_NAME, read_model_info
+    from .errors import ModelFileError
+
+    config_path = Path(r.model_dir) / CONFIG_NAME
+    if not config_path.is_file():
+        raise ModelFileError(f"cannot resume: {r.model_dir} holds no model (no {CONFIG_NAME}); check the folder")
+    info = read_model_info(r.model_dir)
+    src = DataSources.from_record((info.training.get("data") or {}).get("sources"), config_path)
+    for cb in callbacks:
+        cb.on_message(f"resuming with the data recorded in {config_path}: {src.describe()}")
+    return dataclasses.replace(
+        r, images=src.images, masks=src.masks, annotated=src.annotated, dataset=src.dataset, val_images=src.val_images,
+        val_masks=src.val_masks, val_dataset=src.val_dataset, class_names=r.class_names or src.class_names,
+        annotated_slices=r.annotated_slices or src.annotated_slices)
 
 
 def export_trained_model(model_dir: str | Path, *, fp16: bool = False, trust_custom_code: bool = False,

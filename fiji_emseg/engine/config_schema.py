@@ -89,7 +89,7 @@ _TRAINING = {
         "data": {"type": ["object", "null"]},
         "duration_s": _NUM,
         "thresholds": {"type": ["object", "null"], "additionalProperties": {**_NUM, "minimum": 0, "maximum": 1}},
-        "checkpoint_sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+        "checkpoint_sha256": {"type": ["array", "null"], "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
     },
 }
 

@@ -40,7 +40,7 @@ from ..errors import ConfigError, EmsegWarning, InputDataError, ModelFileError, 
 from .architectures import build_model
 from .callbacks import Callback, CallbackList, EpochReport, StepReport
 from .device import DeviceChoice, choose_device
-from .files import atomic_path
+from .files import announce_removed, atomic_path, remove_stale_temporaries
 from .losses import SegmentationLoss
 from .model_config import ModelConfig
 from .model_store import (
@@ -57,6 +57,7 @@ from .receptive_field import measure_config_receptive_field
 from .sample import Sample, check_finite, check_min_size, parse_slice_ranges, validate_dataset
 from .sampling import Batch, BatchStream, PatchSampler, TrainingVolume
 from .train_config import TrainConfig
+from .training_sources import file_sha256
 from .training_log import LOG_NAME, PLOT_NAME, plot_training_curves, write_log_csv
 
 __all__ = ["TrainResult", "train_model", "CHECKPOINT_NAME", "recalibrate_batchnorm", "split_validation_slices"]
@@ -217,7 +218,8 @@ def _json_safe(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class _Trainer:
     def __init__(self, train_samples: Sequence[Sample], model_dir: Path, model_config: ModelConfig,
                  config: TrainConfig, normalization: NormalizationConfig, val_samples: Sequence[Sample] | None,
-                 module: nn.Module | None, init_from: Path | None, resume: bool, callbacks: Callback) -> None:
+                 module: nn.Module | None, init_from: Path | None, resume: bool, callbacks: Callback,
+                 sources: dict[str, Any] | None = None, recorded_checkpoint_hashes: Sequence[str] | None = None) -> None:
         self.model_dir = model_dir
         self.mc = model_config
         self.cfg = config
@@ -309,6 +311,10 @@ class _Trainer:
         self.bad_epochs = 0
         self.elapsed_before = 0.0
         self.rng_state: dict[str, Any] = np.random.default_rng([self.seed, 0]).bit_generator.state
+        #: SHA-256 of the current (and the previous) checkpoint.pt, as recorded in config.json.
+        self.checkpoint_hashes: list[str] = list(recorded_checkpoint_hashes or [])
+        #: The files the data came from, with checksums, so that '--resume' alone can reload them.
+        self.sources = sources
 
     def elapsed(self) -> float:
         """Training seconds so far, across resumptions."""
@@ -383,19 +389,44 @@ class _Trainer:
         }
 
     def save_checkpoint(self, rng_state: dict[str, Any]) -> None:
+        """Write ``checkpoint.pt`` and record its SHA-256 in ``config.json``.
+
+        The hash goes into config.json (with the previous one) *before* the new checkpoint is
+        moved into place, so whichever of the two a kill leaves on disk is still recognised.
+        """
         state = self._checkpoint_state(rng_state)
         with atomic_path(self.model_dir / CHECKPOINT_NAME, overwrite=True) as tmp:
             torch.save(state, tmp)
+            digest = file_sha256(tmp)
+            self.checkpoint_hashes = [digest, *self.checkpoint_hashes[:1]]
+            write_model_info(self.model_dir, self._info("training"))
         self.last_checkpoint = time.monotonic()
 
     def load_checkpoint(self) -> None:
+        """Continue from ``checkpoint.pt``, only if it is the file this folder's training wrote.
+
+        ``torch.load(weights_only=True)`` refuses to run code, but its unpickler is still exposed
+        to whatever file it is given; a checkpoint whose hash config.json does not record is
+        therefore never opened at all.
+        """
         path = self.model_dir / CHECKPOINT_NAME
         if not path.is_file():
             raise ModelFileError(f"cannot resume: {path} does not exist (training had not finished its first checkpoint)")
+        recorded = self.checkpoint_hashes
+        if not recorded:
+            raise ModelFileError(
+                f"cannot resume: {CONFIG_NAME} records no checksum for {path.name}, so it cannot be verified as written "
+                "by this training (it may come from elsewhere or an older fiji-emseg); start a new training")
+        if file_sha256(path) not in recorded:
+            raise ModelFileError(
+                f"cannot resume: {path} is not the checkpoint this training wrote (its checksum differs from the one "
+                f"in {CONFIG_NAME}), so it was not opened; start a new training, or copy the whole model folder again")
         try:
             state = torch.load(path, map_location=self.choice.device, weights_only=True)
-        except Exception as exc:
-            raise ModelFileError(f"cannot resume: {path} is damaged ({exc}); start a new training") from exc
+        except Exception:  # the library's own text may advise unsafe loading: never relay it
+            raise ModelFileError(
+                f"cannot resume: {path} cannot be read as a fiji-emseg checkpoint (damaged, or holds more than "
+                "tensors and numbers); start a new training") from None
         if not isinstance(state, dict) or state.get("format") != "fiji-emseg-checkpoint":
             raise ModelFileError(f"cannot resume: {path} is not a fiji-emseg checkpoint")
         try:
@@ -435,7 +466,9 @@ class _Trainer:
                 "train": [{"name": s.name, "shape": list(s.shape)} for s in self.train_samples],
                 "validation": [{"name": s.name, "shape": list(s.shape)} for s in self.val_samples],
                 "calibration": self.train_samples[0].calibration.to_dict(),
+                **({"sources": self.sources} if self.sources else {}),
             },
+            "checkpoint_sha256": list(self.checkpoint_hashes),
         }
         training.update(extra or {})
         return ModelInfo(model=self.mc, normalization=self.norm, training=training)
@@ -675,12 +708,12 @@ def _prepare_model_dir(model_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         if not (model_dir / CONFIG_NAME).is_file():
             raise ModelFileError(f"cannot resume: {model_dir} holds no model (no {CONFIG_NAME}); check the folder")
-        for stale in model_dir.glob(".*.part*"):  # temporary files of a run that was killed mid-write
-            stale.unlink(missing_ok=True)
+        announce_removed(remove_stale_temporaries(model_dir), model_dir)  # left by a run killed mid-write
         return
     if model_dir.exists() and not model_dir.is_dir():
         raise OutputError(f"{model_dir} is a file; give a folder name for the model")
     if model_dir.is_dir():
+        announce_removed(remove_stale_temporaries(model_dir), model_dir)
         existing = [p.name for p in model_dir.iterdir() if p.name in _OUR_FILES]
         if existing and not overwrite:
             raise OutputError(
@@ -701,14 +734,16 @@ def train_model(train_samples: Sequence[Sample], model_dir: str | Path, *,
                 resume: bool = False,
                 overwrite: bool = False,
                 epochs: int | None = None,
-                callbacks: Sequence[Callback] = ()) -> TrainResult:
+                callbacks: Sequence[Callback] = (),
+                sources: dict[str, Any] | None = None) -> TrainResult:
     """Train a network on *train_samples* and save it in *model_dir*.
 
     ``model_config`` defaults to DeepSCEM's default U-Net for the samples' classes. ``module``
     lets you train your own network (it must match ``model_config``'s classes and output mode).
     ``init_from`` fine-tunes an existing model (its architecture and normalisation are reused).
     ``resume`` continues an interrupted run in ``model_dir`` from its checkpoint, with the
-    settings saved there; ``epochs`` may extend it.
+    settings saved there; ``epochs`` may extend it. ``sources`` records where the data came from
+    (see :mod:`fiji_emseg.engine.training_sources`) so that a later resume can find it again.
     """
     model_dir = Path(model_dir)
     _prepare_model_dir(model_dir, resume, overwrite)
@@ -718,8 +753,11 @@ def train_model(train_samples: Sequence[Sample], model_dir: str | Path, *,
     cfg = config or TrainConfig()
     norm = normalization or NormalizationConfig()
     init_path = Path(init_from) if init_from is not None else None
+    hashes: list[str] = []
     if resume:
         info = read_model_info(model_dir)
+        hashes = [str(h) for h in (info.training.get("checkpoint_sha256") or [])]
+        sources = sources or (info.training.get("data") or {}).get("sources")
         saved = info.training.get("config")
         if not saved:
             raise ModelFileError(f"cannot resume: {model_dir / CONFIG_NAME} records no training settings")
@@ -735,5 +773,5 @@ def train_model(train_samples: Sequence[Sample], model_dir: str | Path, *,
     if module is not None and mc.architecture == "unet" and model_config is None:
         raise ConfigError("when you bring your own module, also give the ModelConfig that describes it (classes, dims, output)")
     trainer = _Trainer(train_samples, model_dir, mc, cfg, norm, val_samples, module, init_path, resume,
-                       CallbackList(callbacks))
+                       CallbackList(callbacks), sources, hashes)
     return trainer.run()
