@@ -113,11 +113,21 @@ MODEL_INFO_SCHEMA: dict[str, Any] = {
 }
 
 
-def validate_model_info(d: Any, source: str) -> None:
-    """Raise one :class:`ModelFileError` line naming the first field of the wrong type or range."""
+def _validator_class() -> Any:
+    """Draft 2020-12, except that an integer must be written as one: JSON Schema accepts 3.0 as
+    an integer, but a layer count of 3.0 reaches torch as a float and fails deep inside."""
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(MODEL_INFO_SCHEMA)
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine("integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool))
+    return jsonschema.validators.extend(base, type_checker=checker)
+
+
+def validate_model_info(d: Any, source: str) -> None:
+    """Raise one :class:`ModelFileError` line naming the first field of the wrong type or range."""
+    validator = _validator_class()(MODEL_INFO_SCHEMA)
+    import jsonschema
+
     error = jsonschema.exceptions.best_match(validator.iter_errors(d))
     if error is None:
         return

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError, EmsegWarning, InputDataError
 from .files import atomic_path, check_writable
-from .sample import Sample, as_binary_mask, check_finite
+from .sample import Sample, as_binary_mask, check_finite, check_image_dtype
 from .volume_io import Calibration
 
 __all__ = [
@@ -146,6 +146,7 @@ def _read_sample(path: Path, key: str, group: Any, pattern: re.Pattern[str], kin
     if image.shape != shape:
         raise InputDataError(f"{where}: image shape {_zyx(image.shape)} does not match the sample's shape "
                              f"attribute {_zyx(shape)}; the file is damaged — export the dataset again from DeepSCEM")
+    check_image_dtype(image.dtype, f"{where}/image")
     check_finite(image, f"{where}/image")
     names = _numbered(group, pattern, where, kind)
     masks = None
@@ -202,7 +203,7 @@ def _open(path: Path) -> Iterator[Any]:
         raise InputDataError(f"cannot open {path}: damaged HDF5 file ({exc}); copy it again or re-export it") from exc
     try:
         yield f
-    except (OSError, RuntimeError, KeyError) as exc:  # h5py's errors for damaged objects and data
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:  # h5py's errors for damaged objects, attributes and data
         raise InputDataError(f"cannot read {path}: damaged HDF5 file ({exc}); copy it again or re-export it") from exc
     finally:
         f.close()
@@ -253,7 +254,7 @@ def _sample_groups(f: Any) -> Iterator[tuple[str, Any]]:
     for key in f:
         if "SFS_TRANSITION" in key:  # DeepSCEM's own scratch entries
             continue
-        obj = f.get(key)
+        obj = f[key]  # not f.get(): a damaged entry must fail, not vanish with its sample
         if isinstance(obj, h5py.Group):
             yield key, obj
 

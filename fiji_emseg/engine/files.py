@@ -72,8 +72,8 @@ def describe_os_error(exc: OSError, path: Path) -> str:
     nearly empty file system is recognised from its free space too.
     """
     if exc.errno == errno.ENOSPC or (exc.errno is None and _disk_nearly_full(path)):
-        return (f"the disk is full while writing {path} (nothing was kept under that name); "
-                "free some space or choose an output folder on another disk")
+        return (f"the disk is full while writing {path}; free some space or choose an output folder "
+                "on another disk (nothing was kept under that name)")
     if exc.errno == errno.EDQUOT:
         return f"disk quota exceeded while writing {path}; free some space or choose another output folder"
     if exc.errno == errno.EROFS:

@@ -9,6 +9,7 @@ so a stack saved here opens in Fiji with the right voxel size. Volumes can be op
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import mmap
 import queue
@@ -273,8 +274,40 @@ def _encode_unit(unit: str) -> str:
     return "".join(c if ord(c) < 128 else f"\\u{ord(c):04x}" for c in unit)
 
 
+#: What tifffile logs when the structure of a file is damaged and it carries on with what it can
+#: reach (fewer pages, a fallback series): each is a sign that what it would return is not the file.
+_TIFF_DAMAGE = ("invalid page offset", "corrupted tag list", "incorrect stripoffsets", "incorrect stripbytecounts",
+                "missing required tags", "invalid data type", "raised tifffileerror", "series metadata invalid",
+                "missing data offset", "invalid value offset")
+
+
+class _TiffDamageLog(logging.Handler):
+    """Collects tifffile's own reports of structural damage while a file is opened."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.damage: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            text = record.getMessage()
+            if any(k in text.lower() for k in _TIFF_DAMAGE):
+                self.damage.append(" ".join(text.split())[:160])
+
+
 def _open_tiff(path: Path) -> LazyVolume:
     import tifffile
+
+    log = logging.getLogger("tifffile")
+    watcher = _TiffDamageLog()
+    log.addHandler(watcher)
+    try:
+        return _open_tiff_checked(path, tifffile, watcher)
+    finally:
+        log.removeHandler(watcher)
+
+
+def _open_tiff_checked(path: Path, tifffile: Any, watcher: _TiffDamageLog) -> LazyVolume:
     import zarr
 
     try:
@@ -285,6 +318,13 @@ def _open_tiff(path: Path) -> LazyVolume:
         series = tif.series[0]
         _check_complete(tif, series.axes, series.shape, path)
         _check_tags_agree(tif, series, path)
+        description = tif.pages[0].description or ""
+        if not tif.is_imagej and "ImageJ=" in description and "images=" in description:
+            watcher.damage.append("ImageJ header present but unreadable")
+        if watcher.damage:
+            raise InputDataError(
+                f"cannot read {path}: the file is damaged (tifffile: {watcher.damage[0]}); "
+                "copy it again or re-save it from Fiji")
         index = _axes_to_zyx_index(series.axes, series.shape, path)
         store = series.aszarr()
         node = zarr.open(store, mode="r")
@@ -341,6 +381,17 @@ def _check_tags_agree(tif: Any, series: Any, path: Path) -> None:
         raise InputDataError(
             f"{damaged} (its tags give {page.imagelength}×{page.imagewidth} pixels per image but the series "
             f"{sizes.get('Y')}×{sizes.get('X')}); {fix}")
+    offsets_tag = page.tags.get("StripOffsets")
+    if not page.is_tiled and offsets_tag is not None:
+        rps_tag = page.tags.get("RowsPerStrip")
+        rows = int(page.imagelength)
+        rps = min(int(rps_tag.value) if rps_tag is not None else rows, rows) or rows
+        planes_per_page = int(page.samplesperpixel) if int(page.planarconfig) == 2 else 1
+        n_strips = -(-rows // rps) * planes_per_page
+        if int(offsets_tag.count) != n_strips:
+            raise InputDataError(
+                f"{damaged} (its tags give {rows} rows in strips of {rps}, i.e. {n_strips} strip(s), but it stores "
+                f"{offsets_tag.count}); {fix}")
     counts = tuple(int(c) for c in (page.databytecounts or ()))
     if int(page.compression) == 1 and int(page.bitspersample) % 8 == 0 and counts:
         if page.is_tiled:
@@ -366,6 +417,12 @@ def _open_npy(path: Path) -> LazyVolume:
     except Exception as exc:
         raise InputDataError(
             f"cannot read {path}: not a valid .npy file ({exc}); save it again with numpy.save") from exc
+    if isinstance(arr, np.memmap):  # numpy.save writes exactly the header plus the data
+        size = path.stat().st_size
+        if size != int(arr.offset) + int(arr.nbytes):
+            raise InputDataError(
+                f"cannot read {path}: its header announces shape {arr.shape} ({arr.nbytes} bytes of {arr.dtype}) but the "
+                f"file holds {size - int(arr.offset)} bytes of data, so it is damaged; save it again with numpy.save")
     return _wrap_array(arr, str(path))
 
 
