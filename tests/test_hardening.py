@@ -25,7 +25,7 @@ import tifffile
 
 from emseg_testdata import blob_volume, random_model_dir
 from fiji_emseg.cli.main import main
-from fiji_emseg.engine.files import describe_os_error, remove_stale_temporaries
+from fiji_emseg.engine.files import describe_os_error
 from fiji_emseg.engine.model_config import ModelConfig
 from fiji_emseg.engine.volume_io import read_volume, write_volume
 from fiji_emseg.errors import InputDataError
@@ -387,6 +387,8 @@ def test_sigkill_during_training_then_info_reports_the_saved_state(stack: Path) 
 
 
 def test_stale_temporaries_of_a_live_process_are_kept(tmp_path: Path) -> None:
+    from fiji_emseg.engine.files import remove_stale_temporaries
+
     mine = tmp_path / f".x_mask.{os.getpid()}-abcdefgh.part.tif"
     dead = tmp_path / ".x_mask.999999999-abcdefgh.part.tif"
     user = tmp_path / ".notes.part.txt"

@@ -40,7 +40,7 @@ from ..errors import ConfigError, EmsegWarning, InputDataError, ModelFileError, 
 from .architectures import build_model
 from .callbacks import Callback, CallbackList, EpochReport, StepReport
 from .device import DeviceChoice, choose_device
-from .files import announce_removed, atomic_path, remove_stale_temporaries
+from .files import announce_removed, atomic_path, ensure_folder, remove_stale_temporaries
 from .losses import SegmentationLoss
 from .model_config import ModelConfig
 from .model_store import (
@@ -524,7 +524,7 @@ class _Trainer:
         self.last_checkpoint = self.t0
         if self.resume:
             self.load_checkpoint()
-        self.model_dir.mkdir(parents=True, exist_ok=True)
+        ensure_folder(self.model_dir, "model folder")
         write_model_info(self.model_dir, self._info("training"))
         cfg = self.cfg
         steps = cfg.steps_per_epoch
@@ -712,6 +712,9 @@ def _prepare_model_dir(model_dir: Path, resume: bool, overwrite: bool) -> None:
         return
     if model_dir.exists() and not model_dir.is_dir():
         raise OutputError(f"{model_dir} is a file; give a folder name for the model")
+    blocker = next((p for p in model_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputError(f"{blocker} is a file where a folder is needed for {model_dir}; give another model folder")
     if model_dir.is_dir():
         announce_removed(remove_stale_temporaries(model_dir), model_dir)
         existing = [p.name for p in model_dir.iterdir() if p.name in _OUR_FILES]
