@@ -60,13 +60,35 @@ class Seed:
     kind: str
     data: bytes
     shape: tuple[int, ...]  # (Z, Y, X) of the image; for hdf5: shapes of the samples, flattened
+    #: (offset, width) of the places where a damaged copy does most harm: the numeric TIFF tag
+    #: values (sizes, offsets, counts, sample format) and the digits of the ImageJ header.
+    hotspots: tuple[tuple[int, int], ...] = ()
+
+
+def tiff_hotspots(data: bytes) -> tuple[tuple[int, int], ...]:
+    import tifffile
+
+    spots: list[tuple[int, int]] = []
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        for page in tif.pages:
+            for tag in page.tags.values():
+                if tag.dtype in (3, 4) and tag.count == 1:
+                    spots.append((int(tag.valueoffset), 2 if tag.dtype == 3 else 4))
+                elif tag.dtype in (3, 4) and tag.count > 1:  # strip offsets and byte counts
+                    width = 2 if tag.dtype == 3 else 4
+                    spots.extend((int(tag.valueoffset) + i * width, width) for i in range(min(tag.count, 8)))
+    start = data.find(b"ImageJ=")
+    if start >= 0:
+        end = data.find(b"\x00", start)
+        spots.extend((i, 0) for i in range(start, end) if chr(data[i]).isdigit())  # width 0: a digit
+    return tuple(spots)
 
 
 def make_seeds(folder: Path) -> dict[str, Seed]:
     """Small clean files of each kind, plus the tiny model folder the config cases start from."""
     import numpy as np
-
     from emseg_testdata import blob_volume, random_model_dir
+
     from fiji_emseg.engine.deepscem_io import write_deepscem_dataset
     from fiji_emseg.engine.model_config import ModelConfig
     from fiji_emseg.engine.sample import Sample
@@ -78,7 +100,12 @@ def make_seeds(folder: Path) -> dict[str, Seed]:
     seeds: dict[str, Seed] = {}
 
     def add(kind: str, path: Path, shape: tuple[int, ...]) -> None:
-        seeds[kind] = Seed(kind, path.read_bytes(), shape)
+        data = path.read_bytes()
+        spots = tiff_hotspots(data) if path.suffix == ".tif" else ()
+        if path.suffix == ".npy":  # the digits of the header: shape and dtype size
+            end = data.find(b"}")
+            spots = tuple((i, 0) for i in range(end) if chr(data[i]).isdigit())
+        seeds[kind] = Seed(kind, data, shape, spots)
 
     write_volume(folder / "s_tiff.tif", image, cal)
     add("tiff", folder / "s_tiff.tif", (3, 32, 32))
@@ -181,8 +208,27 @@ def mutate_json(data: bytes, ch: Chooser) -> bytes:
     return json.dumps(doc).encode()
 
 
+def mutate_hotspots(data: bytes, spots: tuple[tuple[int, int], ...], ch: Chooser) -> bytes:
+    """Set one to three tag values (or ImageJ header digits) to other plausible values."""
+    out = bytearray(data)
+    for _ in range(ch.int(1, 3)):
+        offset, width = spots[ch.int(0, len(spots) - 1)]
+        if width == 0:
+            out[offset] = ord("0") + ch.int(0, 9)
+            continue
+        old = int.from_bytes(out[offset:offset + width], "little")
+        choices = (old + 1, old - 1, old * 2, old // 2, 0, *INTERESTING)
+        value = choices[ch.int(0, len(choices) - 1)] & ((1 << (8 * width)) - 1)
+        out[offset:offset + width] = value.to_bytes(width, "little")
+    return bytes(out)
+
+
 def mutate(seed: Seed, ch: Chooser) -> bytes:
-    return mutate_json(seed.data, ch) if seed.kind == "config" else mutate_bytes(seed.data, ch)
+    if seed.kind == "config":
+        return mutate_json(seed.data, ch)
+    if seed.hotspots and ch.int(0, 1) == 0:
+        return mutate_hotspots(seed.data, seed.hotspots, ch)
+    return mutate_bytes(seed.data, ch)
 
 
 # --------------------------------------------------------------------------- running one case (in the worker)

@@ -10,14 +10,12 @@ failing case is shrunk by hypothesis to a small mutation and printed with the wo
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
+import fuzz_harness as fh
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
-
-import fuzz_harness as fh
 
 EXAMPLES_PER_KIND = 100
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from emseg_testdata import blob_volume, random_model_dir
+
 from fiji_emseg.cli.main import main
 from fiji_emseg.engine.files import describe_os_error
 from fiji_emseg.engine.model_config import ModelConfig

@@ -114,9 +114,9 @@ def _preflight(inputs: list[Path], out_dir: Path) -> None:
     A bad tenth file of a batch then fails at once, not after nine stacks, and nothing is
     printed before its error line.
     """
-    from ..errors import OutputError
     from ..engine.sample import check_image_dtype
     from ..engine.volume_io import open_volume
+    from ..errors import OutputError
 
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"output folder {out_dir} is a file, not a folder; give a folder name (it will be created)")

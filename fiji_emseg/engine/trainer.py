@@ -57,8 +57,8 @@ from .receptive_field import measure_config_receptive_field
 from .sample import Sample, check_finite, check_min_size, parse_slice_ranges, validate_dataset
 from .sampling import Batch, BatchStream, PatchSampler, TrainingVolume
 from .train_config import TrainConfig
-from .training_sources import file_sha256
 from .training_log import LOG_NAME, PLOT_NAME, plot_training_curves, write_log_csv
+from .training_sources import file_sha256
 
 __all__ = ["TrainResult", "train_model", "CHECKPOINT_NAME", "recalibrate_batchnorm", "split_validation_slices"]
 

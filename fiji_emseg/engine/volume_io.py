@@ -136,7 +136,11 @@ class LazyVolume:
             if isinstance(self._array, np.memmap):
                 return _private_copy_and_release(self._array, data)
             return np.asarray(data)
-        except (IndexError, TypeError, MemoryError, EmsegError):
+        except MemoryError as exc:
+            raise InputDataError(
+                f"cannot read {self.source}: {self.shape} voxels of {self.dtype} do not fit in this computer's memory; "
+                "if the file is damaged copy it again, else give a smaller stack (or predict, which reads slab by slab)") from exc
+        except (IndexError, TypeError, EmsegError):
             raise
         except Exception as exc:  # codecs and tifffile raise many types for damaged data
             raise InputDataError(
@@ -359,9 +363,13 @@ def _check_complete(tif: Any, axes: str, shape: Sequence[int], path: Path) -> No
         raise InputDataError(
             f"cannot read {path}: its ImageJ header announces {expected} images but only {planes} can be read, "
             "so the file is truncated or damaged; copy it again or re-save it from Fiji")
+    if tif.is_imagej and "images" in ij and expected < planes:
+        raise InputDataError(
+            f"cannot read {path}: its ImageJ header announces {expected} images but its slices, frames and channels "
+            f"make {planes}, so the header is damaged; copy it again or re-save it from Fiji")
 
 
-def _check_tags_agree(tif: Any, series: Any, path: Path) -> None:
+def _check_tags_agree(tif: Any, series: Any, path: Path) -> None:  # noqa: C901 - one check per tag relation
     """Refuse a TIFF whose own tags contradict each other, instead of reading a wrong shape.
 
     A damaged ImageLength tag (39 instead of 64) still opens: tifffile then reads the first 39
@@ -370,6 +378,8 @@ def _check_tags_agree(tif: Any, series: Any, path: Path) -> None:
     width, height and pixel type announce. Pages beyond what the metadata describes mean the
     metadata (the ImageJ header) was damaged.
     """
+    import tifffile
+
     damaged = f"cannot read {path}: the file is damaged"
     fix = "copy it again or re-save it from Fiji"
     shape = tuple(int(n) for n in series.shape)
@@ -393,13 +403,25 @@ def _check_tags_agree(tif: Any, series: Any, path: Path) -> None:
                 f"{damaged} (its tags give {rows} rows in strips of {rps}, i.e. {n_strips} strip(s), but it stores "
                 f"{offsets_tag.count}); {fix}")
     counts = tuple(int(c) for c in (page.databytecounts or ()))
-    if int(page.compression) == 1 and int(page.bitspersample) % 8 == 0 and counts:
+    compression = int(page.compression)
+    if compression != 1 and compression not in tifffile.TIFF.DECOMPRESSORS:
+        raise InputDataError(
+            f"cannot read {path}: its compression (TIFF code {compression}) is unknown or not supported here, or the "
+            "tag is damaged; re-save it from Fiji (uncompressed, LZW or ZIP)")
+    spp, bps = int(page.samplesperpixel), int(page.bitspersample)
+    plane_bytes = int(page.imagelength) * int(page.imagewidth) * spp * max(bps, 8) // 8
+    if compression != 1 and plane_bytes > (1 << 30) and plane_bytes > 100_000 * max(1, sum(counts)):
+        raise InputDataError(
+            f"{damaged} (its tags announce {page.imagelength}×{page.imagewidth} pixels per image, {plane_bytes} bytes, "
+            f"from only {sum(counts)} bytes of compressed data); {fix}")
+    if compression == 1 and counts:
         if page.is_tiled:
             tile_bytes = int(page.tilelength) * int(page.tilewidth) * max(1, int(getattr(page, "tiledepth", 1) or 1)) \
-                * int(page.samplesperpixel) * int(page.bitspersample) // 8
+                * spp * bps // 8
             expected = tile_bytes * len(counts)
         else:
-            expected = int(page.imagelength) * int(page.imagewidth) * int(page.samplesperpixel) * int(page.bitspersample) // 8
+            row_bytes = -(-int(page.imagewidth) * (spp if int(page.planarconfig) != 2 else 1) * bps // 8)
+            expected = int(page.imagelength) * row_bytes * (spp if int(page.planarconfig) == 2 else 1)
         if sum(counts) != expected:
             raise InputDataError(
                 f"{damaged} (its tags announce {page.imagelength}×{page.imagewidth} pixels, {expected} bytes per image, "
@@ -409,6 +431,9 @@ def _check_tags_agree(tif: Any, series: Any, path: Path) -> None:
     if n_pages > planes and len(tif.series) == 1:
         raise InputDataError(
             f"{damaged} (its header describes {planes} image(s) but the file holds {n_pages}); {fix}")
+    if n_pages < planes and path.stat().st_size < (1 << 32):  # ImageJ writes one page per image below 4 GiB
+        raise InputDataError(
+            f"{damaged} (its header describes {planes} images but the file holds only {n_pages}); {fix}")
 
 
 def _open_npy(path: Path) -> LazyVolume:
