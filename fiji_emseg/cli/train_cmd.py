@@ -19,7 +19,7 @@ examples:
   emseg train model --image a.tif --masks a_mito.tif a_er.tif --image b.tif --masks b_mito.tif b_er.tif \\
       --classes mito er --output softmax --epochs 100
   emseg train model --dataset deepscem_train.h5 --val-dataset deepscem_val.h5
-  emseg train model --resume            # continue an interrupted run
+  emseg train model --resume            # continue an interrupted run, with the data recorded in model/config.json
 """
 
 
@@ -106,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--bn-recalibration", type=int_range(0), default=16, metavar="BATCHES",
                    help="batches used to re-estimate BatchNorm statistics before each validation (default 16; 0 = off)")
     r.add_argument("--checkpoint-minutes", type=float_range(0.0, low_open=True), default=10.0, help="minutes between mid-epoch checkpoints (default 10)")
-    r.add_argument("--resume", action="store_true", help="continue the interrupted training in MODEL_DIR")
+    r.add_argument("--resume", action="store_true", help="continue the interrupted training in MODEL_DIR, with its settings and (unless given again) the data files recorded there")
     r.add_argument("--overwrite", action="store_true", help="replace a model already in MODEL_DIR")
     r.add_argument("--no-export", action="store_true", help="do not export model.onnx after training")
     r.add_argument("--fp16-export", action="store_true", help="also export a half-precision model.fp16.onnx for GPUs")
