@@ -31,7 +31,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=10_000, help="number of cases (default 10 000)")
     ap.add_argument("--seed", type=int, default=20261202, help="RNG seed (default 20261202)")
-    ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a case counts as a hang (default 30)")
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds before a case counts as a hang (default 60)")
     ap.add_argument("--keep", type=Path, help="folder to save failing cases in (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="also write the counts as JSON here")
     add_quick_flag(ap)

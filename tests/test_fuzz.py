@@ -24,7 +24,7 @@ EXAMPLES_PER_KIND = 100
 def fuzz_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[fh.Runner, dict[str, fh.Seed]]]:
     folder = tmp_path_factory.mktemp("fuzz")
     seeds = fh.make_seeds(folder)
-    runner = fh.Runner(folder, timeout=30.0)
+    runner = fh.Runner(folder, timeout=60.0)
     try:
         fh.warm_up(runner, seeds)  # the oracle: every clean seed reads and predicts correctly
         yield runner, seeds

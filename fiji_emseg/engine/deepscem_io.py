@@ -149,6 +149,11 @@ def _read_sample(path: Path, key: str, group: Any, pattern: re.Pattern[str], kin
     check_image_dtype(image.dtype, f"{where}/image")
     check_finite(image, f"{where}/image")
     names = _numbered(group, pattern, where, kind)
+    unknown = [k for k in group if k != "image" and not _LABEL.fullmatch(k) and not _PREDICTION.fullmatch(k)]
+    if unknown and (not names or any(not k.isprintable() for k in unknown)):
+        raise InputDataError(
+            f"{where} holds entries {[str(k) for k in unknown][:3]} that are neither {kind}s nor the image, so its "
+            f"{kind}s cannot be trusted (the file is damaged?); copy it again or export the dataset again")
     masks = None
     if names:
         expected = labels if labels > 0 or kind == "label" else len(names)
@@ -181,6 +186,42 @@ def _binary(arr: np.ndarray, where: str, kind: str, threshold: float | None) -> 
         raise
 
 
+#: Reading every attribute of a sound file takes milliseconds, whatever its size.
+METADATA_TIMEOUT_S = 20.0
+
+_PROBE = """
+import sys, h5py
+def attrs(obj):
+    for k in obj.attrs:
+        obj.attrs[k]
+with h5py.File(sys.argv[1], "r") as f:
+    attrs(f)
+    f.visititems(lambda name, obj: attrs(obj))
+"""
+
+
+def _probe_metadata(path: Path, timeout: float | None = None) -> None:
+    """Read all attributes in a child process first: a damaged file can make libhdf5 loop for ever.
+
+    Fuzzing found a variable-length string attribute whose damaged heap entry kept libhdf5
+    busy without end, in C code that no signal interrupts. The child is killed after the time
+    limit, and the file refused in one line. Any other failure of the child is left to the real
+    read below, which turns it into its own precise message.
+    """
+    import subprocess
+    import sys
+
+    limit = METADATA_TIMEOUT_S if timeout is None else timeout
+    try:
+        subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired:
+        raise InputDataError(
+            f"cannot read {path}: reading its HDF5 attributes did not finish in {limit:g} s, so the file is damaged; "
+            "copy it again or export the dataset again") from None
+    except OSError:  # no child process possible here: read in-process as before
+        return
+
+
 @contextlib.contextmanager
 def _open(path: Path) -> Iterator[Any]:
     """Open read-only (never 'a' as DeepSCEM does); damaged files become one-line errors."""
@@ -197,6 +238,7 @@ def _open(path: Path) -> Iterator[Any]:
     if not is_hdf5:
         raise InputDataError(f"{path} is not an HDF5 file; give a DeepSCEM dataset (.hdf5) exported by DeepSCEM "
                              "or 'emseg convert'")
+    _probe_metadata(path)
     try:
         f = h5py.File(path, "r")
     except OSError as exc:

@@ -285,6 +285,13 @@ _TIFF_DAMAGE = ("invalid page offset", "corrupted tag list", "incorrect stripoff
                 "missing data offset", "invalid value offset")
 
 
+#: Compression schemes that grayscale stacks are stored with (none, LZW, JPEG, deflate, PackBits,
+#: LZMA, zstd, WebP, JPEG 2000/XL). Fax codes (2-4) and others are for bilevel or colour data; seen
+#: on a grayscale stack they are a damaged tag, and decoding them yields an image of arbitrary size.
+_TIFF_COMPRESSIONS = frozenset({1, 5, 6, 7, 8, 32946, 32773, 34925, 50000, 50001, 50002, 33003, 33004, 33005,
+                                34712, 34892, 34933, 34934, 22610})
+
+
 class _TiffDamageLog(logging.Handler):
     """Collects tifffile's own reports of structural damage while a file is opened."""
 
@@ -404,7 +411,7 @@ def _check_tags_agree(tif: Any, series: Any, path: Path) -> None:  # noqa: C901 
                 f"{offsets_tag.count}); {fix}")
     counts = tuple(int(c) for c in (page.databytecounts or ()))
     compression = int(page.compression)
-    if compression != 1 and compression not in tifffile.TIFF.DECOMPRESSORS:
+    if compression not in _TIFF_COMPRESSIONS or compression not in tifffile.TIFF.DECOMPRESSORS:
         raise InputDataError(
             f"cannot read {path}: its compression (TIFF code {compression}) is unknown or not supported here, or the "
             "tag is damaged; re-save it from Fiji (uncompressed, LZW or ZIP)")
