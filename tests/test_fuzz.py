@@ -18,8 +18,6 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 EXAMPLES_PER_KIND = 100
-#: HDF5 reads start a child process for their metadata probe (about 0.4 s each), so fewer cases.
-EXAMPLES = {**dict.fromkeys(fh.KINDS, EXAMPLES_PER_KIND), "hdf5": 40}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +49,7 @@ def test_mutated_files_give_a_clean_error_or_the_right_shape(fuzz_env: tuple[fh.
     count = {"n": 0}
 
     @hypothesis_seed(14)
-    @settings(max_examples=EXAMPLES[kind], deadline=None, database=None, derandomize=False,
+    @settings(max_examples=EXAMPLES_PER_KIND, deadline=None, database=None, derandomize=False,
               suppress_health_check=list(HealthCheck))
     @given(st.data())
     def check(data: st.DataObject) -> None:
