@@ -140,7 +140,13 @@ class LazyVolume:
             raise InputDataError(
                 f"cannot read {self.source}: {self.shape} voxels of {self.dtype} do not fit in this computer's memory; "
                 "if the file is damaged copy it again, else give a smaller stack (or predict, which reads slab by slab)") from exc
-        except (IndexError, TypeError, EmsegError):
+        except TypeError as exc:
+            if isinstance(self._array, np.ndarray):  # a wrong index, not a damaged file
+                raise
+            raise InputDataError(
+                f"cannot read {self.source}: the file is damaged or truncated ({exc}); "
+                "copy it again or re-save it from Fiji") from exc
+        except (IndexError, EmsegError):
             raise
         except Exception as exc:  # codecs and tifffile raise many types for damaged data
             raise InputDataError(
@@ -292,18 +298,33 @@ _TIFF_COMPRESSIONS = frozenset({1, 5, 6, 7, 8, 32946, 32773, 34925, 50000, 50001
                                 34712, 34892, 34933, 34934, 22610})
 
 
+class _TooDamaged(BaseException):
+    """Stops tifffile mid-parse (a BaseException, so its own ``except Exception`` lets it pass)."""
+
+
 class _TiffDamageLog(logging.Handler):
-    """Collects tifffile's own reports of structural damage while a file is opened."""
+    """Collects tifffile's own reports of structural damage while a file is opened.
+
+    A badly damaged file can make tifffile parse thousands of bogus pages with thousands of bogus
+    tags each (minutes for a 5 kB file, found by fuzzing); after :attr:`LIMIT` reports the parse
+    is stopped, since the file is damaged either way.
+    """
+
+    LIMIT = 200
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.damage: list[str] = []
+        self.reports = 0
 
     def emit(self, record: logging.LogRecord) -> None:
+        self.reports += 1
         with contextlib.suppress(Exception):
             text = record.getMessage()
             if any(k in text.lower() for k in _TIFF_DAMAGE):
                 self.damage.append(" ".join(text.split())[:160])
+        if self.reports >= self.LIMIT:
+            raise _TooDamaged
 
 
 def _open_tiff(path: Path) -> LazyVolume:
@@ -314,6 +335,11 @@ def _open_tiff(path: Path) -> LazyVolume:
     log.addHandler(watcher)
     try:
         return _open_tiff_checked(path, tifffile, watcher)
+    except _TooDamaged:
+        first = watcher.damage[0] if watcher.damage else "too many problems"
+        raise InputDataError(
+            f"cannot read {path}: the file is badly damaged (tifffile: {first}, and {watcher.reports - 1} more reports); "
+            "copy it again or re-save it from Fiji") from None
     finally:
         log.removeHandler(watcher)
 
@@ -416,6 +442,8 @@ def _check_tags_agree(tif: Any, series: Any, path: Path) -> None:  # noqa: C901 
             f"cannot read {path}: its compression (TIFF code {compression}) is unknown or not supported here, or the "
             "tag is damaged; re-save it from Fiji (uncompressed, LZW or ZIP)")
     spp, bps = int(page.samplesperpixel), int(page.bitspersample)
+    if not 1 <= bps <= 64 or not 1 <= spp <= 16:
+        raise InputDataError(f"{damaged} (its tags give {bps} bits and {spp} samples per pixel); {fix}")
     plane_bytes = int(page.imagelength) * int(page.imagewidth) * spp * max(bps, 8) // 8
     if compression != 1 and plane_bytes > (1 << 30) and plane_bytes > 100_000 * max(1, sum(counts)):
         raise InputDataError(
