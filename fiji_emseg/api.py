@@ -31,6 +31,7 @@ from .engine.training.planner import TrainingPlan, estimate_minutes, plan_traini
 from .engine.training.step_probe import probe_step_seconds
 from .engine.training.train_config import TrainConfig
 from .engine.training.trainer import TrainResult, train_model
+from .engine.training.training_sources import DataSources, record_sources
 from .errors import ConfigError, EmsegWarning, InputDataError
 
 __all__ = ["TrainRequest", "train", "export_trained_model", "load_samples", "predict", "Predictor", "PredictConfig", "PredictionResult",
@@ -86,7 +87,7 @@ class TrainRequest:
             flips=not a.no_flips, rot90=not a.no_rot90, brightness=a.brightness, contrast=a.contrast,
             gamma=a.gamma, noise=a.noise)
         train_cfg = TrainConfig(
-            epochs=a.epochs or 64, steps_per_epoch=a.steps or 256, batch_size=a.batch_size or 8, patch_size=patch,
+            epochs=64 if a.epochs is None else a.epochs, steps_per_epoch=a.steps or 256, batch_size=a.batch_size or 8, patch_size=patch,
             loss=a.loss or "dice", class_weights=tuple(a.class_weights) if a.class_weights else None,
             optimizer=a.optimizer, learning_rate=a.lr or 1e-3, weight_decay=a.weight_decay,
             lr_schedule=a.schedule or "cosine", lr_patience=a.lr_patience,
@@ -147,6 +148,8 @@ def load_samples(images: Sequence[Any], masks: Sequence[Sequence[Any]], class_na
 def train(request: TrainRequest, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Load the data, train, then export ONNX next to the weights."""
     r = request
+    if r.resume and not r.images and r.dataset is None:
+        r = _with_recorded_sources(r, callbacks)
     samples: list[Sample] = []
     if r.images or r.dataset is not None:
         samples = load_samples(r.images, r.masks, r.class_names, r.annotated, r.annotated_slices, r.dataset)
@@ -170,15 +173,38 @@ def train(request: TrainRequest, callbacks: Sequence[Callback] = ()) -> TrainRes
         model_config = ModelConfig(classes=samples[0].class_names, **r.model)
     if not r.resume and plan is None:
         warn_before_the_wait(model_config or _init_model(r, samples), cfg, messages)
+    sources = record_sources(r.images, r.masks, annotated=r.annotated, dataset=r.dataset, val_images=r.val_images,
+                             val_masks=r.val_masks, val_dataset=r.val_dataset, class_names=r.class_names,
+                             annotated_slices=r.annotated_slices)
     result = train_model(samples, r.model_dir, model_config=model_config, config=cfg, normalization=r.normalization,
                          val_samples=val or None, init_from=r.init_from, resume=r.resume, overwrite=r.overwrite,
                          epochs=r.resume_epochs if r.resume else None, callbacks=callbacks,
-                         plan=None if plan is None else plan.to_dict())
+                         plan=None if plan is None else plan.to_dict(), sources=sources)
     if r.export_onnx and result.status != "interrupted":
         result.files.update(export_trained_model(
             result.model_dir, fp16=r.fp16_export, trust_custom_code=r.trust_custom_code,
             int8_from=(samples, val or samples) if r.int8_export else None))
     return result
+
+
+def _with_recorded_sources(r: TrainRequest, callbacks: Sequence[Callback]) -> TrainRequest:
+    """A resume request without data, completed with the files recorded in the model folder."""
+    import dataclasses
+
+    from .engine.models.model_store import CONFIG_NAME, read_model_info
+    from .errors import ModelFileError
+
+    config_path = Path(r.model_dir) / CONFIG_NAME
+    if not config_path.is_file():
+        raise ModelFileError(f"cannot resume: {r.model_dir} holds no model (no {CONFIG_NAME}); check the folder")
+    info = read_model_info(r.model_dir)
+    src = DataSources.from_record((info.training.get("data") or {}).get("sources"), config_path)
+    for cb in callbacks:
+        cb.on_message(f"resuming with the data recorded in {config_path}: {src.describe()}")
+    return dataclasses.replace(
+        r, images=src.images, masks=src.masks, annotated=src.annotated, dataset=src.dataset, val_images=src.val_images,
+        val_masks=src.val_masks, val_dataset=src.val_dataset, class_names=r.class_names or src.class_names,
+        annotated_slices=r.annotated_slices or src.annotated_slices)
 
 
 def _init_model(r: TrainRequest, samples: Sequence[Sample]) -> ModelConfig:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine.callbacks import Callback
+from .engine.data.files import ensure_folder
 from .errors import OutputError
 
 __all__ = ["DemoResult", "run_demo", "DEMO_PRESETS"]
@@ -65,11 +66,13 @@ def run_demo(output_dir: str | Path = "emseg_demo", *, preset: str = "standard",
         raise OutputError(f"unknown demo preset {preset!r}; use {', '.join(DEMO_PRESETS)}")
     p = DEMO_PRESETS[preset]
     out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file, not a folder; give a folder name for the demo (it will be created)")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise OutputError(f"{out} already exists and is not empty; choose another folder or pass --overwrite")
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out, "demo folder")
 
     log(f"1/4 generating synthetic EM data ({'x'.join(map(str, p['train']))} training, "
         f"{'x'.join(map(str, p['test']))} test) in {out}")

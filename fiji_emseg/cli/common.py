@@ -10,7 +10,55 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["add_progress_flags", "parse_class_values", "TqdmProgress", "collect_inputs"]
+__all__ = ["add_progress_flags", "parse_class_values", "TqdmProgress", "collect_inputs", "int_range", "float_range"]
+
+
+def int_range(low: int | None = None, high: int | None = None) -> Any:
+    """An argparse ``type`` for integers in [low, high]: '--epochs 0' is refused, not read as 'default'.
+
+    A value outside the range is an argparse error (usage line plus one message, exit 2), which
+    names the accepted range so the fix is obvious.
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range; give {_describe_range(low, high)}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+def float_range(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> Any:
+    """An argparse ``type`` for finite numbers in [low, high] (``(low, high]`` with *low_open*)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        bad = value != value or value in (float("inf"), float("-inf"))
+        bad = bad or (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
+        if bad:
+            lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
+            hi = "" if high is None else f"<= {high:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range; give a number {' and '.join(filter(None, [lo, hi]))}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _describe_range(low: int | None, high: int | None) -> str:
+    if low is not None and high is not None:
+        return f"a whole number from {low} to {high}"
+    if low is not None:
+        return f"a whole number >= {low}"
+    return f"a whole number <= {high}"
 
 
 def add_progress_flags(parser: argparse.ArgumentParser) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import int_range
+
 HELP = "train, predict and evaluate on built-in example data (a few minutes on a CPU)"
 DESCRIPTION = """\
 Runs the main job end to end with no data of your own: generates a synthetic EM volume
@@ -18,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("output_dir", nargs="?", default="emseg_demo", help="folder for all results (default ./emseg_demo)")
     p.add_argument("--quick", action="store_true", help="a tiny run (under a minute) that checks the installation")
-    p.add_argument("--seed", type=int, default=0, help="random seed for data and training (default 0)")
+    p.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="random seed for data and training (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .common import int_range
+
 DESCRIPTION = """\
 Compare a predicted segmentation with a reference annotation, class by class, and print a short
 table. Scores: F1 (Dice), IoU, precision, recall and accuracy over the whole annotated volume
@@ -54,7 +56,7 @@ def register(subparsers: Any) -> None:
                    help="mask file of the annotated region (nonzero = annotated); voxels outside are ignored")
     p.add_argument("--components", choices=("3d", "2d"), default="3d",
                    help="objects are 3D connected components, or 2D components in each slice (default: 3d)")
-    p.add_argument("--connectivity", type=int, default=1, metavar="N",
+    p.add_argument("--connectivity", type=int_range(1, 26), default=1, metavar="N",
                    help="object connectivity: 1 = faces (6 neighbours in 3D, 4 in 2D) … 3 = full (26); "
                         "neighbour counts 6/18/26 or 4/8 are accepted too (default: 1)")
     p.add_argument("--detected-above", type=float, default=0.8, metavar="R",

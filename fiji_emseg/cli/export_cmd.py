@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
+from .common import int_range
 
 HELP = "export a model to ONNX (verified against PyTorch)"
 DESCRIPTION = """\
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--calibration", metavar="STACK",
                    help="an EM stack like the ones you will predict (random tiles calibrate and verify int8)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed (default 1e-4)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--opset", type=int_range(7, 30), default=18, help="ONNX opset (default 18)")
     p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
                    help="torch exporter (default auto: dynamo, falling back to torchscript)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing ONNX file")

@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.inference.format_choice import plan_candidates
     from ..engine.models.formats import describe_formats, open_model_source
 
-    source = open_model_source(Path(args.model))
+    path = Path(args.model)
+    source = open_model_source(path)
     try:
         info = source.info
         formats = describe_formats(source)
@@ -51,12 +52,15 @@ def run(args: argparse.Namespace) -> int:
     ]
     if rf is not None:
         lines.append(f"receptive field radius: {rf.radius[3 - m.dims:]} voxels (measured)")
-    if tr:
+    if tr and tr.get("status") == "training" and path.is_dir():
+        lines.extend(_unfinished(path, tr))
+    elif tr:
         best = tr.get("best_metrics") or {}
         f1 = best.get("val_f1") or {}
         lines.append(f"training:       {tr.get('status', '?')}, {tr.get('epochs_run', '?')} epochs on {tr.get('device', '?')}")
         if best:
-            lines.append(f"best epoch:     {best.get('epoch')} (" + ", ".join(f"{k} F1 {v:.3f}" for k, v in f1.items()) + ")")
+            lines.append(f"best epoch:     {best.get('epoch')} (" + ", ".join(
+                f"{k} F1 {v:.3f}" if isinstance(v, (int, float)) else f"{k} F1 -" for k, v in f1.items()) + ")")
         plan = tr.get("plan")
         if isinstance(plan, dict):
             from ..engine.training.planner import TrainingPlan
@@ -76,3 +80,24 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"note: {note}")
     print("\n".join(lines))
     return 0
+
+
+def _unfinished(folder: Path, tr: dict) -> list[str]:  # type: ignore[type-arg]
+    """A run that is still going or was killed: report what its files on disk hold."""
+    from ..engine.models.model_store import WEIGHTS_NAME
+    from ..engine.training.trainer import CHECKPOINT_NAME
+    from ..engine.training.training_log import progress_on_disk
+
+    logged, best_logged = progress_on_disk(folder)
+    epochs = max(logged, int(tr.get("epochs_run") or 0))
+    best = best_logged if best_logged is not None else tr.get("best_epoch")
+    planned = (tr.get("config") or {}).get("epochs", "?")
+    weights = (folder / WEIGHTS_NAME).is_file()
+    best_text = f"best saved epoch {best} ({WEIGHTS_NAME})" if weights and best else "no epoch saved yet"
+    out = [f"training:       not finished (still running, or interrupted): {epochs} of {planned} epochs done, {best_text}"]
+    if (folder / CHECKPOINT_NAME).is_file():
+        out.append(f"resume:         emseg train {folder} --resume")
+    debris = [f for f in folder.iterdir() if f.name.startswith(".") and ".part" in f.name]
+    if debris:
+        out.append(f"temporary files: {len(debris)} left by an interrupted write; the next training run into this folder removes them")
+    return out

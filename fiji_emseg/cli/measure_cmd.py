@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .common import int_range
+
 DESCRIPTION = """\
 Label the connected objects of each class mask and measure them: one CSV row per object with
 its voxel count, calibrated volume, surface area (marching cubes), equivalent diameter,
@@ -40,10 +42,10 @@ def register(subparsers: Any) -> None:
                    help="binarise non-binary masks (probability maps) as value > T, e.g. 0.5")
     p.add_argument("--components", choices=("auto", "3d", "2d"), default="auto",
                    help="3D objects, or 2D objects per slice; auto = 2d for a single image, 3d for a stack (default)")
-    p.add_argument("--connectivity", type=int, default=1, metavar="N",
+    p.add_argument("--connectivity", type=int_range(1, 26), default=1, metavar="N",
                    help="object connectivity: 1 = faces (6 neighbours in 3D, 4 in 2D) … 3 = full (26); "
                         "6/18/26 or 4/8 accepted (default: 1)")
-    p.add_argument("--min-voxels", type=int, default=0, metavar="N",
+    p.add_argument("--min-voxels", type=int_range(0), default=0, metavar="N",
                    help="leave objects of fewer than N voxels out of the table (default: 0, keep all)")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     p.set_defaults(func=run)

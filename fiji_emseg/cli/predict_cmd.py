@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import TqdmProgress, add_progress_flags, collect_inputs, parse_class_values
+from .common import TqdmProgress, add_progress_flags, collect_inputs, int_range, parse_class_values
 
 HELP = "predict whole stacks with a trained model"
 DESCRIPTION = """\
@@ -50,10 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     o.add_argument("--compression", choices=("zlib", "lzw", "zstd"), help="TIFF compression (default none)")
     o.add_argument("--overwrite", action="store_true", help="replace existing result files")
     c = p.add_argument_group("clean-up of masks (per class)")
-    c.add_argument("--min-size", type=int, default=0, metavar="VOXELS", help="remove objects smaller than this")
-    c.add_argument("--fill-holes", type=int, default=0, metavar="VOXELS", help="fill holes up to this size")
-    c.add_argument("--opening", type=int, default=0, metavar="RADIUS", help="binary opening radius (voxels)")
-    c.add_argument("--closing", type=int, default=0, metavar="RADIUS", help="binary closing radius (voxels)")
+    c.add_argument("--min-size", type=int_range(0), default=0, metavar="VOXELS", help="remove objects smaller than this")
+    c.add_argument("--fill-holes", type=int_range(0), default=0, metavar="VOXELS", help="fill holes up to this size")
+    c.add_argument("--opening", type=int_range(0, 64), default=0, metavar="RADIUS", help="binary opening radius (voxels)")
+    c.add_argument("--closing", type=int_range(0, 64), default=0, metavar="RADIUS", help="binary closing radius (voxels)")
     c.add_argument("--cleanup-2d", action="store_true", help="clean slice by slice instead of in 3D")
     t = p.add_argument_group("engine")
     t.add_argument("--backend", choices=("auto", "onnxruntime", "torch"), default="auto",
@@ -62,14 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8"), default="auto",
                    help="auto: reduced precision on GPUs; on CPUs the verified int8 model when there is one, else bf16 "
                         "where the CPU has bf16 units, else fp32")
-    t.add_argument("--tile", nargs="+", type=int, metavar="N", help="tile size Y X (2D) or Z Y X (3D); default: 1024 (CPU) / 2048 (GPU)")
-    t.add_argument("--overlap", nargs="+", type=int, metavar="N",
+    t.add_argument("--tile", nargs="+", type=int_range(1), metavar="N", help="tile size Y X (2D) or Z Y X (3D); default: 1024 (CPU) / 2048 (GPU)")
+    t.add_argument("--overlap", nargs="+", type=int_range(0), metavar="N",
                    help="tile overlap in voxels; default 2 x receptive-field radius (exact)")
     t.add_argument("--blend", choices=("cosine", "gaussian", "constant"), default="cosine", help="overlap blending (default cosine)")
-    t.add_argument("--batch-size", type=int, help="tiles per network call (default: automatic)")
+    t.add_argument("--batch-size", type=int_range(1, 4096), help="tiles per network call (default: automatic)")
     t.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips and rotations")
     t.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
-    t.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    t.add_argument("--threads", type=int_range(1, 1024), help="CPU threads (default: all)")
     t.add_argument("--trust-custom-code", action="store_true", help="allow models with custom architectures")
     b = p.add_argument_group("whole volumes (output .ome.zarr) and Dask")
     b.add_argument("--workers", type=int, default=0, metavar="N",
@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         probability_dtype=args.prob_dtype, thresholds=parse_class_values(args.threshold, what="threshold"),
         cleanup=cleanup, storage=args.format, compression=args.compression)
     out_dir = Path(args.output_dir)
+    _preflight(inputs, out_dir)
     if out_dir.suffix.lower() == ".zarr":
         return _run_blockwise(args, inputs, config)
     if (args.workers or args.scheduler) and not args.resume:
@@ -125,10 +126,8 @@ def run(args: argparse.Namespace) -> int:
 
         raise ConfigError("float16 probabilities are written to OME-Zarr only; use -o NAME.ome.zarr, or uint8/float32")
     with Predictor(args.model, config, trust_custom_code=args.trust_custom_code) as predictor:
-        print(f"model {predictor.model_config.name} ({', '.join(predictor.model_config.classes)}); "
-              f"backend: {predictor.backend.description}", file=sys.stderr)
-        for note in predictor.notes:
-            print(f"note: {note}", file=sys.stderr)
+        header = [f"model {predictor.model_config.name} ({', '.join(predictor.model_config.classes)}); "
+                  f"backend: {predictor.backend.description}"] + [f"note: {note}" for note in predictor.notes]
         total_voxels, total_s = 0, 0.0
         for i, path in enumerate(inputs, start=1):
             bar = TqdmProgress(f"[{i}/{len(inputs)}] {path.name}", disable=args.quiet)
@@ -136,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
                 result = predictor.predict(path, out_dir, overwrite=args.overwrite, progress=bar)  # type: ignore[arg-type]
             finally:
                 bar.close()
+            for line in header:  # after the first stack, so that an input error stays the only line
+                print(line, file=sys.stderr)
+            header = []
             total_voxels += int(result.shape[0]) * result.shape[1] * result.shape[2]
             total_s += result.seconds
             print(result.summary())
@@ -186,3 +188,20 @@ def _run_stacks(args: argparse.Namespace, inputs: list[Path], config: object) ->
         for what, f in r["files"].items():
             print(f"  {what}: {f}")
     return 0
+
+
+def _preflight(inputs: list[Path], out_dir: Path) -> None:
+    """Open every input's header and check the output folder before the model is loaded.
+
+    A bad tenth file of a batch then fails at once, not after nine stacks, and nothing is
+    printed before its error line.
+    """
+    from ..engine.data.sample import check_image_dtype
+    from ..engine.data.volume_io import open_volume
+    from ..errors import OutputError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"output folder {out_dir} is a file, not a folder; give a folder name (it will be created)")
+    for path in inputs:
+        with open_volume(path) as vol:
+            check_image_dtype(vol.dtype, path.name)

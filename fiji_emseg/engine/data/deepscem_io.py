@@ -27,7 +27,7 @@ import numpy as np
 
 from ...errors import ConfigError, EmsegWarning, InputDataError
 from .files import atomic_path, check_writable
-from .sample import Sample, as_binary_mask, check_finite
+from .sample import Sample, as_binary_mask, check_finite, check_image_dtype
 from .volume_io import Calibration
 
 __all__ = [
@@ -146,8 +146,14 @@ def _read_sample(path: Path, key: str, group: Any, pattern: re.Pattern[str], kin
     if image.shape != shape:
         raise InputDataError(f"{where}: image shape {_zyx(image.shape)} does not match the sample's shape "
                              f"attribute {_zyx(shape)}; the file is damaged — export the dataset again from DeepSCEM")
+    check_image_dtype(image.dtype, f"{where}/image")
     check_finite(image, f"{where}/image")
     names = _numbered(group, pattern, where, kind)
+    unknown = [k for k in group if k != "image" and not _LABEL.fullmatch(k) and not _PREDICTION.fullmatch(k)]
+    if unknown and (not names or any(not k.isprintable() for k in unknown)):
+        raise InputDataError(
+            f"{where} holds entries {[str(k) for k in unknown][:3]} that are neither {kind}s nor the image, so its "
+            f"{kind}s cannot be trusted (the file is damaged?); copy it again or export the dataset again")
     masks = None
     if names:
         expected = labels if labels > 0 or kind == "label" else len(names)
@@ -180,6 +186,62 @@ def _binary(arr: np.ndarray, where: str, kind: str, threshold: float | None) -> 
         raise
 
 
+#: Reading every attribute of a sound file takes milliseconds, whatever its size.
+METADATA_TIMEOUT_S = 20.0
+
+def _read_all_attributes(path: Path) -> None:
+    import h5py
+
+    def attrs(obj: Any) -> None:
+        for k in obj.attrs:
+            obj.attrs[k]
+
+    with h5py.File(path, "r") as f:
+        attrs(f)
+        f.visititems(lambda name, obj: attrs(obj))
+
+
+def _probe_metadata(path: Path, timeout: float | None = None) -> None:
+    """Read all attributes in a child process first: a damaged file can make libhdf5 loop for ever.
+
+    Fuzzing found a variable-length string attribute whose damaged heap entry kept libhdf5
+    busy without end, in C code that no signal interrupts. A forked child (h5py already
+    imported, so it costs milliseconds) reads every attribute; it is killed after the time limit
+    and the file refused in one line. Any other failure of the child is left to the real read,
+    which turns it into its own precise message.
+    """
+    import signal
+    import time
+
+    limit = METADATA_TIMEOUT_S if timeout is None else timeout
+    if not hasattr(os, "fork"):
+        return
+    import h5py  # noqa: F401 - imported before the fork so that the child starts at once
+
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        code = 1
+        try:
+            _read_all_attributes(path)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + limit
+    delay = 0.0005
+    while True:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise InputDataError(
+                f"cannot read {path}: reading its HDF5 attributes did not finish in {limit:g} s, so the file is damaged; "
+                "copy it again or export the dataset again")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 @contextlib.contextmanager
 def _open(path: Path) -> Iterator[Any]:
     """Open read-only (never 'a' as DeepSCEM does); damaged files become one-line errors."""
@@ -196,13 +258,14 @@ def _open(path: Path) -> Iterator[Any]:
     if not is_hdf5:
         raise InputDataError(f"{path} is not an HDF5 file; give a DeepSCEM dataset (.hdf5) exported by DeepSCEM "
                              "or 'emseg convert'")
+    _probe_metadata(path)
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise InputDataError(f"cannot open {path}: damaged HDF5 file ({exc}); copy it again or re-export it") from exc
     try:
         yield f
-    except (OSError, RuntimeError, KeyError) as exc:  # h5py's errors for damaged objects and data
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:  # h5py's errors for damaged objects, attributes and data
         raise InputDataError(f"cannot read {path}: damaged HDF5 file ({exc}); copy it again or re-export it") from exc
     finally:
         f.close()
@@ -253,7 +316,7 @@ def _sample_groups(f: Any) -> Iterator[tuple[str, Any]]:
     for key in f:
         if "SFS_TRANSITION" in key:  # DeepSCEM's own scratch entries
             continue
-        obj = f.get(key)
+        obj = f[key]  # not f.get(): a damaged entry must fail, not vanish with its sample
         if isinstance(obj, h5py.Group):
             yield key, obj
 

@@ -12,6 +12,8 @@ import contextlib
 import errno
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +27,20 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_writable",
+    "ensure_folder",
     "describe_os_error",
+    "remove_stale_temporaries",
+    "announce_removed",
+    "temporary_folder",
+    "PART_MARK",
 ]
+
+#: Every temporary file we write is named ``.<stem>.<pid>-<random>.part<suffix>``: hidden, tied
+#: to the process that writes it, and findable by the next run into the same folder.
+PART_MARK = ".part"
+_PART_RE = re.compile(r"^\..+\.(\d+)-[A-Za-z0-9_]+\.part(\.[A-Za-z0-9]+)*$")
+_TMPDIR_RE = re.compile(r"^\.emseg-[a-z]+-(\d+)-[A-Za-z0-9_]+$")  # temporary folders (mask memmaps)
+_OLD_PART_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part(\.[A-Za-z0-9]+)*$")  # before the pid was in the name
 
 
 def _default_file_mode() -> int:
@@ -44,15 +58,108 @@ def _default_file_mode() -> int:
 _FILE_MODE = _default_file_mode()
 
 
+def _disk_nearly_full(path: Path) -> bool:
+    for folder in (path.parent, *path.parents):
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(folder).free < (1 << 20)
+    return False
+
+
 def describe_os_error(exc: OSError, path: Path) -> str:
-    """One line that names the problem with *path* and the fix."""
-    if exc.errno == errno.ENOSPC:
-        return f"the disk is full while writing {path}; free some space or choose another output folder"
+    """One line that names the problem with *path* and the fix.
+
+    Short writes surface without an errno ("16384 requested and 11168 written" from numpy), so a
+    nearly empty file system is recognised from its free space too.
+    """
+    if exc.errno == errno.ENOSPC or (exc.errno is None and _disk_nearly_full(path)):
+        return (f"the disk is full while writing {path}; free some space or choose an output folder "
+                "on another disk (nothing was kept under that name)")
     if exc.errno == errno.EDQUOT:
         return f"disk quota exceeded while writing {path}; free some space or choose another output folder"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno == errno.EROFS:
+        return f"{path} is on a read-only file system; choose an output folder on a writable disk"
+    if exc.errno in (errno.EACCES, errno.EPERM):
         return f"no permission to write {path}; choose a folder you can write to"
-    return f"cannot write {path}: {exc.strerror or exc}"
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None and blocker != path:
+            return f"{blocker} is a file where a folder is needed for {path}; give another output folder"
+        return f"{path} already exists; choose another name, or remove it"
+    if exc.errno == errno.EISDIR:
+        return f"{path} is a folder, not a file; choose a file name"
+    return f"cannot write {path}: {exc.strerror or exc}; check the disk and the folder"
+
+
+def ensure_folder(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Create *path* as a folder (with parents), or say in one line why it cannot be one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path} is a file, not a folder; give a folder name (it will be created)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, path)) from exc
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+def temporary_folder(parent: str | os.PathLike[str], kind: str) -> Path:
+    """A hidden scratch folder in *parent* that :func:`remove_stale_temporaries` recognises."""
+    return Path(tempfile.mkdtemp(prefix=f".emseg-{kind}-{os.getpid()}-", dir=parent))
+
+
+def announce_removed(removed: list[Path], folder: Path) -> None:
+    """Tell the user (one warning line) what an earlier, interrupted run had left behind."""
+    if not removed:
+        return
+    import warnings
+
+    from ...errors import EmsegWarning
+
+    names = ", ".join(f.name for f in removed[:3]) + (", …" if len(removed) > 3 else "")
+    warnings.warn(f"removed {len(removed)} temporary file(s) left in {folder} by an interrupted run ({names})",
+                  EmsegWarning, stacklevel=3)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files that killed runs left in *folder*; return what was removed.
+
+    Only our own naming pattern is touched, and only files whose writing process no longer
+    exists, so a second run writing into the same folder at the same time keeps its files.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for f in entries:
+        d = _TMPDIR_RE.match(f.name)
+        if d is not None and f.is_dir() and not _pid_alive(int(d.group(1))):
+            shutil.rmtree(f, ignore_errors=True)
+            if not f.exists():
+                removed.append(f)
+            continue
+        if not f.name.startswith(".") or PART_MARK not in f.name:
+            continue
+        m = _PART_RE.match(f.name)
+        stale = (m is not None and not _pid_alive(int(m.group(1)))) or (m is None and _OLD_PART_RE.match(f.name) is not None)
+        if stale and f.is_file():
+            with contextlib.suppress(OSError):
+                f.unlink()
+                removed.append(f)
+    return removed
 
 
 def check_writable(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
@@ -74,9 +181,9 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterat
     """
     path = check_writable(path, overwrite)
     parent = path.parent if str(path.parent) else Path(".")
+    ensure_folder(parent)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}-", suffix=f"{PART_MARK}{path.suffix}", dir=parent)
         with contextlib.suppress(OSError):
             os.fchmod(fd, _FILE_MODE)
         os.close(fd)

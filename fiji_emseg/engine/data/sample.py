@@ -28,6 +28,7 @@ __all__ = [
     "as_binary_mask",
     "as_image_volume",
     "check_finite",
+    "check_image_dtype",
     "load_sample",
     "parse_slice_ranges",
     "slices_to_region",
@@ -118,11 +119,25 @@ def _describe_indices(idx: np.ndarray) -> str:
     return ",".join(str(i) for i in idx[:6]) + ("…" if len(idx) > 6 else "")
 
 
+def check_image_dtype(dtype: Any, name: str = "image") -> None:
+    """The one rule for what an EM image may be: 8/16/32-bit integer or float grayscale.
+
+    A boolean stack is a mask, not an EM image (percentiles of true/false are undefined), so it
+    is refused for training and prediction alike with a line that says so.
+    """
+    dt = np.dtype(dtype)
+    if dt == np.bool_:
+        raise InputDataError(
+            f"{name}: the image is binary (true/false), which looks like a mask, not an EM image; "
+            "give the grayscale EM stack (8-, 16- or 32-bit)")
+    if dt.kind not in "uif":
+        raise InputDataError(f"{name}: pixel type {dt} is not a grayscale number type; use 8-, 16- or 32-bit images")
+
+
 def as_image_volume(data: Any, name: str = "image") -> np.ndarray:
     """Return *data* as a (Z, Y, X) numeric array, or explain what is wrong with it."""
     arr = np.asarray(data)
-    if arr.dtype.kind not in "uifb":
-        raise InputDataError(f"{name}: pixel type {arr.dtype} is not a grayscale number type; use 8-, 16- or 32-bit images")
+    check_image_dtype(arr.dtype, name)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4 and arr.dtype == np.uint8 and arr.shape[1] > 4:
@@ -136,14 +151,19 @@ def as_image_volume(data: Any, name: str = "image") -> np.ndarray:
     return arr
 
 
-def check_finite(image: np.ndarray, name: str = "image") -> None:
-    """Float images must not contain NaN or infinity (they poison training silently)."""
+def check_finite(image: np.ndarray, name: str = "image", first_slice: int = 0) -> None:
+    """Float images must not contain NaN or infinity (they poison training and prediction silently).
+
+    Training and prediction share this one rule; prediction applies it to each slab it reads
+    (*first_slice* is the slab's position in the stack), so a large stack is not read twice.
+    """
     if image.dtype.kind == "f":
         bad = ~np.isfinite(image)
         if bad.any():
-            z = int(np.flatnonzero(bad.reshape(image.shape[0], -1).any(axis=1))[0])
+            z = first_slice + int(np.flatnonzero(bad.reshape(image.shape[0], -1).any(axis=1))[0])
+            many = "" if first_slice == 0 else " or more"
             raise InputDataError(
-                f"{name}: {int(bad.sum())} pixels are NaN or infinite (first in slice {z}); "
+                f"{name}: {int(bad.sum())}{many} pixels are NaN or infinite (first in slice {z}); "
                 "replace them (Fiji: Process > Math > Remove NaNs…) before training or prediction")
 
 
@@ -269,6 +289,7 @@ def load_sample(image: str | Path | ArrayLike3D,
     """
     img, cal = read_volume(image, calibration)
     img_name = name or (class_name_from_path(image) if isinstance(image, (str, Path)) else "sample")
+    check_image_dtype(img.dtype, img_name)
     check_finite(img, img_name)
     mask_arrays: list[np.ndarray] = []
     names: list[str] = []

@@ -9,6 +9,7 @@ so a stack saved here opens in Fiji with the right voxel size. Volumes can be op
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import mmap
 import queue
@@ -135,7 +136,17 @@ class LazyVolume:
             if isinstance(self._array, np.memmap):
                 return _private_copy_and_release(self._array, data)
             return np.asarray(data)
-        except (IndexError, TypeError, MemoryError, EmsegError):
+        except MemoryError as exc:
+            raise InputDataError(
+                f"cannot read {self.source}: {self.shape} voxels of {self.dtype} do not fit in this computer's memory; "
+                "if the file is damaged copy it again, else give a smaller stack (or predict, which reads slab by slab)") from exc
+        except TypeError as exc:
+            if isinstance(self._array, np.ndarray):  # a wrong index, not a damaged file
+                raise
+            raise InputDataError(
+                f"cannot read {self.source}: the file is damaged or truncated ({exc}); "
+                "copy it again or re-save it from Fiji") from exc
+        except (IndexError, EmsegError):
             raise
         except Exception as exc:  # codecs and tifffile raise many types for damaged data
             raise InputDataError(
@@ -273,8 +284,67 @@ def _encode_unit(unit: str) -> str:
     return "".join(c if ord(c) < 128 else f"\\u{ord(c):04x}" for c in unit)
 
 
+#: What tifffile logs when the structure of a file is damaged and it carries on with what it can
+#: reach (fewer pages, a fallback series): each is a sign that what it would return is not the file.
+_TIFF_DAMAGE = ("invalid page offset", "corrupted tag list", "incorrect stripoffsets", "incorrect stripbytecounts",
+                "missing required tags", "invalid data type", "raised tifffileerror", "series metadata invalid",
+                "missing data offset", "invalid value offset")
+
+
+#: Compression schemes that grayscale stacks are stored with (none, LZW, JPEG, deflate, PackBits,
+#: LZMA, zstd, WebP, JPEG 2000/XL). Fax codes (2-4) and others are for bilevel or colour data; seen
+#: on a grayscale stack they are a damaged tag, and decoding them yields an image of arbitrary size.
+_TIFF_COMPRESSIONS = frozenset({1, 5, 6, 7, 8, 32946, 32773, 34925, 50000, 50001, 50002, 33003, 33004, 33005,
+                                34712, 34892, 34933, 34934, 22610})
+
+
+class _TooDamaged(BaseException):
+    """Stops tifffile mid-parse (a BaseException, so its own ``except Exception`` lets it pass)."""
+
+
+class _TiffDamageLog(logging.Handler):
+    """Collects tifffile's own reports of structural damage while a file is opened.
+
+    A badly damaged file can make tifffile parse thousands of bogus pages with thousands of bogus
+    tags each (minutes for a 5 kB file, found by fuzzing); after :attr:`LIMIT` reports the parse
+    is stopped, since the file is damaged either way.
+    """
+
+    LIMIT = 200
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.damage: list[str] = []
+        self.reports = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.reports += 1
+        with contextlib.suppress(Exception):
+            text = record.getMessage()
+            if any(k in text.lower() for k in _TIFF_DAMAGE):
+                self.damage.append(" ".join(text.split())[:160])
+        if self.reports >= self.LIMIT:
+            raise _TooDamaged
+
+
 def _open_tiff(path: Path) -> LazyVolume:
     import tifffile
+
+    log = logging.getLogger("tifffile")
+    watcher = _TiffDamageLog()
+    log.addHandler(watcher)
+    try:
+        return _open_tiff_checked(path, tifffile, watcher)
+    except _TooDamaged:
+        first = watcher.damage[0] if watcher.damage else "too many problems"
+        raise InputDataError(
+            f"cannot read {path}: the file is badly damaged (tifffile: {first}, and {watcher.reports - 1} more reports); "
+            "copy it again or re-save it from Fiji") from None
+    finally:
+        log.removeHandler(watcher)
+
+
+def _open_tiff_checked(path: Path, tifffile: Any, watcher: _TiffDamageLog) -> LazyVolume:
     import zarr
 
     try:
@@ -284,6 +354,14 @@ def _open_tiff(path: Path) -> LazyVolume:
     try:
         series = tif.series[0]
         _check_complete(tif, series.axes, series.shape, path)
+        _check_tags_agree(tif, series, path)
+        description = tif.pages[0].description or ""
+        if not tif.is_imagej and "ImageJ=" in description and "images=" in description:
+            watcher.damage.append("ImageJ header present but unreadable")
+        if watcher.damage:
+            raise InputDataError(
+                f"cannot read {path}: the file is damaged (tifffile: {watcher.damage[0]}); "
+                "copy it again or re-save it from Fiji")
         index = _axes_to_zyx_index(series.axes, series.shape, path)
         store = series.aszarr()
         node = zarr.open(store, mode="r")
@@ -318,6 +396,79 @@ def _check_complete(tif: Any, axes: str, shape: Sequence[int], path: Path) -> No
         raise InputDataError(
             f"cannot read {path}: its ImageJ header announces {expected} images but only {planes} can be read, "
             "so the file is truncated or damaged; copy it again or re-save it from Fiji")
+    if tif.is_imagej and "images" in ij and expected < planes:
+        raise InputDataError(
+            f"cannot read {path}: its ImageJ header announces {expected} images but its slices, frames and channels "
+            f"make {planes}, so the header is damaged; copy it again or re-save it from Fiji")
+
+
+def _check_tags_agree(tif: Any, series: Any, path: Path) -> None:  # noqa: C901 - one check per tag relation
+    """Refuse a TIFF whose own tags contradict each other, instead of reading a wrong shape.
+
+    A damaged ImageLength tag (39 instead of 64) still opens: tifffile then reads the first 39
+    rows of every plane and the rest of the data is silently lost. The strip byte counts record
+    how much data each plane really holds, so for uncompressed data they must equal what the
+    width, height and pixel type announce. Pages beyond what the metadata describes mean the
+    metadata (the ImageJ header) was damaged.
+    """
+    import tifffile
+
+    damaged = f"cannot read {path}: the file is damaged"
+    fix = "copy it again or re-save it from Fiji"
+    shape = tuple(int(n) for n in series.shape)
+    if not shape or min(shape) == 0:
+        raise InputDataError(f"{damaged} (its tags give an empty image of shape {shape}); {fix}")
+    page = series.keyframe if getattr(series, "keyframe", None) is not None else series.pages[0]
+    sizes = dict(zip(series.axes, shape, strict=True))
+    if (sizes.get("Y"), sizes.get("X")) != (int(page.imagelength), int(page.imagewidth)):
+        raise InputDataError(
+            f"{damaged} (its tags give {page.imagelength}×{page.imagewidth} pixels per image but the series "
+            f"{sizes.get('Y')}×{sizes.get('X')}); {fix}")
+    offsets_tag = page.tags.get("StripOffsets")
+    if not page.is_tiled and offsets_tag is not None:
+        rps_tag = page.tags.get("RowsPerStrip")
+        rows = int(page.imagelength)
+        rps = min(int(rps_tag.value) if rps_tag is not None else rows, rows) or rows
+        planes_per_page = int(page.samplesperpixel) if int(page.planarconfig) == 2 else 1
+        n_strips = -(-rows // rps) * planes_per_page
+        if int(offsets_tag.count) != n_strips:
+            raise InputDataError(
+                f"{damaged} (its tags give {rows} rows in strips of {rps}, i.e. {n_strips} strip(s), but it stores "
+                f"{offsets_tag.count}); {fix}")
+    counts = tuple(int(c) for c in (page.databytecounts or ()))
+    compression = int(page.compression)
+    if compression not in _TIFF_COMPRESSIONS or compression not in tifffile.TIFF.DECOMPRESSORS:
+        raise InputDataError(
+            f"cannot read {path}: its compression (TIFF code {compression}) is unknown or not supported here, or the "
+            "tag is damaged; re-save it from Fiji (uncompressed, LZW or ZIP)")
+    spp, bps = int(page.samplesperpixel), int(page.bitspersample)
+    if not 1 <= bps <= 64 or not 1 <= spp <= 16:
+        raise InputDataError(f"{damaged} (its tags give {bps} bits and {spp} samples per pixel); {fix}")
+    plane_bytes = int(page.imagelength) * int(page.imagewidth) * spp * max(bps, 8) // 8
+    if compression != 1 and plane_bytes > (1 << 30) and plane_bytes > 100_000 * max(1, sum(counts)):
+        raise InputDataError(
+            f"{damaged} (its tags announce {page.imagelength}×{page.imagewidth} pixels per image, {plane_bytes} bytes, "
+            f"from only {sum(counts)} bytes of compressed data); {fix}")
+    if compression == 1 and counts:
+        if page.is_tiled:
+            tile_bytes = int(page.tilelength) * int(page.tilewidth) * max(1, int(getattr(page, "tiledepth", 1) or 1)) \
+                * spp * bps // 8
+            expected = tile_bytes * len(counts)
+        else:
+            row_bytes = -(-int(page.imagewidth) * (spp if int(page.planarconfig) != 2 else 1) * bps // 8)
+            expected = int(page.imagelength) * row_bytes * (spp if int(page.planarconfig) == 2 else 1)
+        if sum(counts) != expected:
+            raise InputDataError(
+                f"{damaged} (its tags announce {page.imagelength}×{page.imagewidth} pixels, {expected} bytes per image, "
+                f"but the image data holds {sum(counts)} bytes); {fix}")
+    planes = math.prod(int(n) for a, n in zip(series.axes, shape, strict=True) if a not in "YXS")
+    n_pages = len(tif.pages)
+    if n_pages > planes and len(tif.series) == 1:
+        raise InputDataError(
+            f"{damaged} (its header describes {planes} image(s) but the file holds {n_pages}); {fix}")
+    if n_pages < planes and path.stat().st_size < (1 << 32):  # ImageJ writes one page per image below 4 GiB
+        raise InputDataError(
+            f"{damaged} (its header describes {planes} images but the file holds only {n_pages}); {fix}")
 
 
 def _open_npy(path: Path) -> LazyVolume:
@@ -326,6 +477,12 @@ def _open_npy(path: Path) -> LazyVolume:
     except Exception as exc:
         raise InputDataError(
             f"cannot read {path}: not a valid .npy file ({exc}); save it again with numpy.save") from exc
+    if isinstance(arr, np.memmap):  # numpy.save writes exactly the header plus the data
+        size = path.stat().st_size
+        if size != int(arr.offset) + int(arr.nbytes):
+            raise InputDataError(
+                f"cannot read {path}: its header announces shape {arr.shape} ({arr.nbytes} bytes of {arr.dtype}) but the "
+                f"file holds {size - int(arr.offset)} bytes of data, so it is damaged; save it again with numpy.save")
     return _wrap_array(arr, str(path))
 
 
@@ -381,6 +538,8 @@ def open_volume(source: str | Path | np.ndarray | ArrayLike3D, calibration: Cali
     if not path.exists():
         raise InputDataError(f"{path} does not exist; check the path")
     suffix = path.suffix.lower()
+    if path.is_dir() and suffix in (*TIFF_SUFFIXES, ".npy"):
+        raise InputDataError(f"{path} is a folder, not a {suffix} file; give the path of the file itself")
     from .chunked_io import is_n5, is_zarr, open_n5, open_zarr_volume
 
     if level not in (None, 0) and (suffix in TIFF_SUFFIXES or suffix == ".npy"):
@@ -401,6 +560,9 @@ def open_volume(source: str | Path | np.ndarray | ArrayLike3D, calibration: Cali
         vol.calibration = calibration
     try:
         _check_pixel_type(vol.dtype, path)
+        if min(vol.shape) == 0:
+            raise InputDataError(f"{path} holds no pixels (shape {vol.shape}); the file is empty or damaged, "
+                                 "copy it again or re-save it")
     except InputDataError:
         vol.close()
         raise

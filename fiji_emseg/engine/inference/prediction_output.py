@@ -12,7 +12,6 @@ cleaned at the end and written out.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError, OutputError
-from ..data.files import check_writable
+from ..data.files import announce_removed, check_writable, ensure_folder, remove_stale_temporaries, temporary_folder
 from ..data.volume_io import Calibration, StackWriter
 from .cleanup import CleanupConfig, clean_mask, clean_mask_slice
 
@@ -157,7 +156,8 @@ class PredictionWriter:
                 shp, dt = layout[kind]
                 self.arrays[kind] = np.zeros(shp, dtype=dt)
             return
-        folder = Path(folder)  # type: ignore[arg-type]
+        folder = ensure_folder(Path(folder))  # type: ignore[arg-type]
+        announce_removed(remove_stale_temporaries(folder), folder)
         if storage == "tiff":
             names = output_file_names(name, spec)
             for key, fname in names.items():  # check every name before writing anything
@@ -190,7 +190,7 @@ class PredictionWriter:
             self.files[("zarr", "")] = self._zarr_path
         if self._masks_later and storage != "memory":
             folder.mkdir(parents=True, exist_ok=True)
-            self._tmpdir = Path(tempfile.mkdtemp(prefix=".emseg-masks-", dir=folder))
+            self._tmpdir = temporary_folder(folder, "masks")
             self._mask_mm = np.lib.format.open_memmap(self._tmpdir / "masks.npy", mode="w+", dtype=np.uint8,
                                                       shape=(len(spec.classes), *self.shape))
 

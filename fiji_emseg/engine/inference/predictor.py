@@ -26,6 +26,7 @@ import numpy as np
 from ...errors import ConfigError, EmsegWarning, InputDataError, ModelFileError
 from ..callbacks import Callback
 from ..data.normalization import IntensityStats, apply_normalization, compute_stats
+from ..data.sample import check_finite, check_image_dtype
 from ..data.volume_io import ArrayLike3D, Calibration, LazyVolume, open_volume
 from ..models.formats import open_model_source
 from ..models.receptive_field import recommended_tile
@@ -255,9 +256,12 @@ class Predictor:
         z_total = volume.shape[0]
         pad_y, pad_x = plan.y.padded - plan.y.size, plan.x.padded - plan.x.size
 
+        name = Path(str(getattr(volume, "source", "image"))).name
+
         def load(iz: int) -> np.ndarray:
             zs = plan.z.starts[iz]
             raw = np.asarray(volume[zs:min(zs + tz, z_total)])
+            check_finite(raw, name, first_slice=zs)  # the rule training applies, slab by slab
             slab = apply_normalization(raw, stats)
             pz = tz - slab.shape[0]
             if pz or pad_y or pad_x:
@@ -343,13 +347,22 @@ class Predictor:
     def _prepare(self, image: str | Path | ArrayLike3D | LazyVolume, calibration: Calibration | None,
                  stats: IntensityStats | None = None) -> tuple[LazyVolume, IntensityStats]:
         vol = open_volume(image, calibration)
-        if vol.dtype.kind not in "uifb":
-            raise InputDataError(f"{vol.source}: pixel type {vol.dtype} is not grayscale; use 8-, 16- or 32-bit images")
-        mc = self.model_config
-        if mc.in_channels != 1:
-            raise ModelFileError(f"this model expects {mc.in_channels} input channels; fiji-emseg predicts single-channel stacks")
-        if stats is None:
-            stats = compute_stats(vol, self.info.normalization, Path(str(vol.source)).name)
+        try:
+            name = Path(str(vol.source)).name
+            check_image_dtype(vol.dtype, name)
+            mc = self.model_config
+            if mc.in_channels != 1:
+                raise ModelFileError(f"this model expects {mc.in_channels} input channels; fiji-emseg predicts single-channel stacks")
+            if mc.dims == 3 and vol.shape[0] < 2:
+                raise InputDataError(
+                    f"{name} is a single slice but {mc.name} is a 3D model, which needs a stack of slices; "
+                    "give the whole stack, or use a 2D model")
+            if stats is None:
+                stats = compute_stats(vol, self.info.normalization, name)
+        except BaseException:
+            if isinstance(image, (str, Path)):
+                vol.close()
+            raise
         return vol, stats
 
     def intensity_stats(self, image: str | Path | ArrayLike3D) -> IntensityStats:

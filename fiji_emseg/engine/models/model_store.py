@@ -24,6 +24,7 @@ from ...errors import ModelFileError
 from ..data.files import atomic_path, atomic_write_json
 from ..data.normalization import NormalizationConfig
 from .architectures import build_model
+from .config_schema import validate_model_info
 from .model_config import ModelConfig
 from .receptive_field import ReceptiveField, measure_config_receptive_field
 
@@ -86,8 +87,11 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config.json") -> ModelInfo:
-        if d.get("format") != FORMAT:
-            raise ModelFileError(f"{source} is not a fiji-emseg model description (format {d.get('format')!r})")
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            fmt = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ModelFileError(f"{source} is not a fiji-emseg model description (format {fmt!r}); "
+                                 "give a model folder written by 'emseg train'")
+        validate_model_info(d, source)
         if int(d.get("format_version", 0)) > FORMAT_VERSION:
             raise ModelFileError(
                 f"{source} was written by a newer fiji-emseg (format {d['format_version']}); update fiji-emseg")

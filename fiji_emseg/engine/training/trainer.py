@@ -38,7 +38,7 @@ from torch import nn
 
 from ...errors import ConfigError, EmsegWarning, InputDataError, ModelFileError, OutputError
 from ..callbacks import Callback, CallbackList, EpochReport, StepReport
-from ..data.files import atomic_path
+from ..data.files import announce_removed, atomic_path, ensure_folder, remove_stale_temporaries
 from ..data.normalization import NormalizationConfig
 from ..data.sample import Sample, check_finite, check_min_size, parse_slice_ranges, validate_dataset
 from ..evaluation.metrics import scores
@@ -60,6 +60,7 @@ from .losses import SegmentationLoss
 from .sampling import Batch, BatchStream, PatchSampler, TrainingVolume
 from .train_config import TrainConfig
 from .training_log import LOG_NAME, PLOT_NAME, plot_training_curves, write_log_csv
+from .training_sources import file_sha256
 
 __all__ = ["TrainResult", "train_model", "CHECKPOINT_NAME", "recalibrate_batchnorm", "split_validation_slices"]
 
@@ -215,7 +216,8 @@ class _Trainer:
     def __init__(self, train_samples: Sequence[Sample], model_dir: Path, model_config: ModelConfig,
                  config: TrainConfig, normalization: NormalizationConfig, val_samples: Sequence[Sample] | None,
                  module: nn.Module | None, init_from: Path | None, resume: bool, callbacks: Callback,
-                 plan: dict[str, Any] | None = None) -> None:
+                 plan: dict[str, Any] | None = None, sources: dict[str, Any] | None = None,
+                 recorded_checkpoint_hashes: Sequence[str] | None = None) -> None:
         self.model_dir = model_dir
         self.plan = plan
         self.mc = model_config
@@ -309,6 +311,10 @@ class _Trainer:
         self.bad_epochs = 0
         self.elapsed_before = 0.0
         self.rng_state: dict[str, Any] = np.random.default_rng([self.seed, 0]).bit_generator.state
+        #: SHA-256 of the current (and the previous) checkpoint.pt, as recorded in config.json.
+        self.checkpoint_hashes: list[str] = list(recorded_checkpoint_hashes or [])
+        #: The files the data came from, with checksums, so that '--resume' alone can reload them.
+        self.sources = sources
 
     def elapsed(self) -> float:
         """Training seconds so far, across resumptions."""
@@ -385,19 +391,44 @@ class _Trainer:
         }
 
     def save_checkpoint(self, rng_state: dict[str, Any]) -> None:
+        """Write ``checkpoint.pt`` and record its SHA-256 in ``config.json``.
+
+        The hash goes into config.json (with the previous one) *before* the new checkpoint is
+        moved into place, so whichever of the two a kill leaves on disk is still recognised.
+        """
         state = self._checkpoint_state(rng_state)
         with atomic_path(self.model_dir / CHECKPOINT_NAME, overwrite=True) as tmp:
             torch.save(state, tmp)
+            digest = file_sha256(tmp)
+            self.checkpoint_hashes = [digest, *self.checkpoint_hashes[:1]]
+            write_model_info(self.model_dir, self._info("training"))
         self.last_checkpoint = time.monotonic()
 
     def load_checkpoint(self) -> None:
+        """Continue from ``checkpoint.pt``, only if it is the file this folder's training wrote.
+
+        ``torch.load(weights_only=True)`` refuses to run code, but its unpickler is still exposed
+        to whatever file it is given; a checkpoint whose hash config.json does not record is
+        therefore never opened at all.
+        """
         path = self.model_dir / CHECKPOINT_NAME
         if not path.is_file():
             raise ModelFileError(f"cannot resume: {path} does not exist (training had not finished its first checkpoint)")
+        recorded = self.checkpoint_hashes
+        if not recorded:
+            raise ModelFileError(
+                f"cannot resume: {CONFIG_NAME} records no checksum for {path.name}, so it cannot be verified as written "
+                "by this training (it may come from elsewhere or an older fiji-emseg); start a new training")
+        if file_sha256(path) not in recorded:
+            raise ModelFileError(
+                f"cannot resume: {path} is not the checkpoint this training wrote (its checksum differs from the one "
+                f"in {CONFIG_NAME}), so it was not opened; start a new training, or copy the whole model folder again")
         try:
             state = torch.load(path, map_location=self.choice.device, weights_only=True)
-        except Exception as exc:
-            raise ModelFileError(f"cannot resume: {path} is damaged ({exc}); start a new training") from exc
+        except Exception:  # the library's own text may advise unsafe loading: never relay it
+            raise ModelFileError(
+                f"cannot resume: {path} cannot be read as a fiji-emseg checkpoint (damaged, or holds more than "
+                "tensors and numbers); start a new training") from None
         if not isinstance(state, dict) or state.get("format") != "fiji-emseg-checkpoint":
             raise ModelFileError(f"cannot resume: {path} is not a fiji-emseg checkpoint")
         try:
@@ -439,7 +470,9 @@ class _Trainer:
                 "train": [{"name": s.name, "shape": list(s.shape)} for s in self.train_samples],
                 "validation": [{"name": s.name, "shape": list(s.shape)} for s in self.val_samples],
                 "calibration": self.train_samples[0].calibration.to_dict(),
+                **({"sources": self.sources} if self.sources else {}),
             },
+            "checkpoint_sha256": list(self.checkpoint_hashes),
         }
         if self.plan is not None:
             training["plan"] = self.plan
@@ -497,7 +530,7 @@ class _Trainer:
         self.last_checkpoint = self.t0
         if self.resume:
             self.load_checkpoint()
-        self.model_dir.mkdir(parents=True, exist_ok=True)
+        ensure_folder(self.model_dir, "model folder")
         write_model_info(self.model_dir, self._info("training"))
         cfg = self.cfg
         steps = cfg.steps_per_epoch
@@ -700,12 +733,15 @@ def _prepare_model_dir(model_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         if not (model_dir / CONFIG_NAME).is_file():
             raise ModelFileError(f"cannot resume: {model_dir} holds no model (no {CONFIG_NAME}); check the folder")
-        for stale in model_dir.glob(".*.part*"):  # temporary files of a run that was killed mid-write
-            stale.unlink(missing_ok=True)
+        announce_removed(remove_stale_temporaries(model_dir), model_dir)  # left by a run killed mid-write
         return
     if model_dir.exists() and not model_dir.is_dir():
         raise OutputError(f"{model_dir} is a file; give a folder name for the model")
+    blocker = next((p for p in model_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputError(f"{blocker} is a file where a folder is needed for {model_dir}; give another model folder")
     if model_dir.is_dir():
+        announce_removed(remove_stale_temporaries(model_dir), model_dir)
         existing = [p.name for p in model_dir.iterdir() if p.name in _OUR_FILES]
         if existing and not overwrite:
             raise OutputError(
@@ -727,7 +763,8 @@ def train_model(train_samples: Sequence[Sample], model_dir: str | Path, *,
                 overwrite: bool = False,
                 epochs: int | None = None,
                 callbacks: Sequence[Callback] = (),
-                plan: dict[str, Any] | None = None) -> TrainResult:
+                plan: dict[str, Any] | None = None,
+                sources: dict[str, Any] | None = None) -> TrainResult:
     """Train a network on *train_samples* and save it in *model_dir*.
 
     ``model_config`` defaults to DeepSCEM's default U-Net for the samples' classes. ``module``
@@ -735,7 +772,8 @@ def train_model(train_samples: Sequence[Sample], model_dir: str | Path, *,
     ``init_from`` fine-tunes an existing model (its architecture and normalisation are reused).
     ``resume`` continues an interrupted run in ``model_dir`` from its checkpoint, with the
     settings saved there; ``epochs`` may extend it. ``plan`` (a ``TrainingPlan.to_dict()``) is
-    saved in config.json beside the settings it produced.
+    saved in config.json beside the settings it produced. ``sources`` records where the data came
+    from (see :mod:`fiji_emseg.engine.training.training_sources`) so that a later resume can find it again.
     """
     model_dir = Path(model_dir)
     init_path = Path(init_from) if init_from is not None else None
@@ -754,7 +792,7 @@ def train_model(train_samples: Sequence[Sample], model_dir: str | Path, *,
         cfg = config or TrainConfig()
         norm = normalization or NormalizationConfig()
         return _train(train_samples, model_dir, model_config, cfg, norm, normalization, val_samples, module, init_path,
-                      resume, epochs, callbacks, plan)
+                      resume, epochs, callbacks, plan, sources)
     finally:
         if package is not None:
             package.close()
@@ -763,10 +801,14 @@ def train_model(train_samples: Sequence[Sample], model_dir: str | Path, *,
 def _train(train_samples: Sequence[Sample], model_dir: Path, model_config: ModelConfig | None, cfg: TrainConfig,
            norm: NormalizationConfig, normalization: NormalizationConfig | None, val_samples: Sequence[Sample] | None,
            module: nn.Module | None, init_path: Path | None, resume: bool, epochs: int | None,
-           callbacks: Sequence[Callback], plan: dict[str, Any] | None) -> TrainResult:
+           callbacks: Sequence[Callback], plan: dict[str, Any] | None,
+           sources: dict[str, Any] | None) -> TrainResult:
     classes = train_samples[0].class_names
+    hashes: list[str] = []
     if resume:
         info = read_model_info(model_dir)
+        hashes = [str(h) for h in (info.training.get("checkpoint_sha256") or [])]
+        sources = sources or (info.training.get("data") or {}).get("sources")
         saved = info.training.get("config")
         if not saved:
             raise ModelFileError(f"cannot resume: {model_dir / CONFIG_NAME} records no training settings")
@@ -783,5 +825,5 @@ def _train(train_samples: Sequence[Sample], model_dir: Path, model_config: Model
     if module is not None and mc.architecture == "unet" and model_config is None:
         raise ConfigError("when you bring your own module, also give the ModelConfig that describes it (classes, dims, output)")
     trainer = _Trainer(train_samples, model_dir, mc, cfg, norm, val_samples, module, init_path, resume,
-                       CallbackList(callbacks), plan)
+                       CallbackList(callbacks), plan, sources, hashes)
     return trainer.run()

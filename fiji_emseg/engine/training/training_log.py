@@ -10,7 +10,7 @@ from typing import Any
 
 from ..data.files import atomic_path, atomic_write_text
 
-__all__ = ["LOG_NAME", "PLOT_NAME", "write_log_csv", "read_log_csv", "plot_training_curves"]
+__all__ = ["LOG_NAME", "PLOT_NAME", "write_log_csv", "read_log_csv", "plot_training_curves", "progress_on_disk"]
 
 LOG_NAME = "training_log.csv"
 PLOT_NAME = "training_curves.png"
@@ -40,6 +40,28 @@ def _fmt(v: Any) -> Any:
 def read_log_csv(path: str | Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+def progress_on_disk(folder: str | Path) -> tuple[int, int | None]:
+    """(epochs completed, last epoch whose weights were saved as best) from ``training_log.csv``.
+
+    config.json of a killed run may lag behind by an epoch; the log is rewritten atomically at
+    every epoch end, after the weights, so it is the record of what really is on disk.
+    """
+    try:
+        rows = read_log_csv(Path(folder) / LOG_NAME)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return 0, None
+    epochs, best = 0, None
+    for row in rows:
+        try:
+            e = int(row.get("epoch") or 0)
+        except ValueError:
+            continue
+        epochs = max(epochs, e)
+        if (row.get("best") or "").strip() == "1":
+            best = e
+    return epochs, best
 
 
 def plot_training_curves(path: str | Path, history: Sequence[dict[str, Any]], title: str = "") -> Path:
