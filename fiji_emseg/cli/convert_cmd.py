@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
     src.add_argument("--sample", "-s", nargs="+", action="append", metavar="FILE", dest="samples",
                      help="one sample: IMAGE then its masks, one per class (repeat for more samples)")
     src.add_argument("--deepscem", "-d", metavar="HDF5", help="DeepSCEM dataset file to export as TIFF folders")
-    src.add_argument("--volume", "-v", metavar="VOLUME",
+    src.add_argument("--volume", metavar="VOLUME",
                      help="one volume (TIFF, OME-Zarr, zarr, N5) to convert, streamed, into OME-Zarr (--output x.ome.zarr) "
                           "or an ImageJ TIFF (--output x.tif)")
     p.add_argument("--output", "-o", required=True, metavar="PATH",
