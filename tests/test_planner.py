@@ -155,7 +155,7 @@ def test_duration_estimate_is_within_2x_of_the_measured_step_time(tmp_path: Path
 
 def test_a_long_cpu_schedule_without_a_budget_is_announced_and_warned() -> None:
     mc = ModelConfig(classes=("mito",), depth=2, filters=4)
-    long = TrainConfig(epochs=100_000, steps_per_epoch=256,  # > 2 h even at 0.3 ms per step batch_size=2, patch_size=(32, 32), device="cpu")
+    long = TrainConfig(epochs=100_000, steps_per_epoch=256, batch_size=2, patch_size=(32, 32), device="cpu")  # > 2 h at 0.3 ms/step
     said: list[str] = []
 
     class Say(Callback):
