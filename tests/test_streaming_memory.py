@@ -94,9 +94,16 @@ def _peak_in_child(model: Path, source: Path, out: Path) -> dict[str, float]:
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def _least_peak(model: Path, source: Path, out: Path, runs: int = 2) -> dict[str, float]:
+    """The run with the lowest peak of *runs* fresh children: a busy machine only ever adds to a peak
+    (a late-scheduled writer thread holds a slab longer), it never hides memory the engine holds."""
+    results = [_peak_in_child(model, source, out.with_name(f"{out.name}_{i}")) for i in range(runs)]
+    return min(results, key=lambda r: r["anon_peak"])
+
+
 def test_peak_memory_does_not_grow_with_stack_size(tiny_model: Path, tmp_path: Path) -> None:
-    small = _peak_in_child(tiny_model, _memmap_stack(tmp_path / "small.npy", N_SLICES), tmp_path / "out_small")
-    large = _peak_in_child(tiny_model, _memmap_stack(tmp_path / "large.npy", 8 * N_SLICES), tmp_path / "out_large")
+    small = _least_peak(tiny_model, _memmap_stack(tmp_path / "small.npy", N_SLICES), tmp_path / "out_small")
+    large = _least_peak(tiny_model, _memmap_stack(tmp_path / "large.npy", 8 * N_SLICES), tmp_path / "out_large")
     assert small["slices_written"] == N_SLICES and large["slices_written"] == 8 * N_SLICES
     growth = large["anon_peak"] - small["anon_peak"]
     assert growth <= LIMIT_MIB, (
