@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..bridge.environment import check_fiji_folder
 from ..errors import EmsegError
 
 __all__ = ["INSTALL_SUBDIR", "InstallAction", "find_fiji", "install_scripts", "launch_fiji", "python_mode_help",
@@ -193,7 +194,16 @@ def run_install(args: argparse.Namespace) -> int:
     for a in actions:
         print(f"  {a.path.name:<30} {a.action}")
     print("They appear under Plugins > EM Segmentation after Fiji starts (or Help > Refresh Menus).\n")
+    findings = check_fiji_folder(fiji)
+    print("What this Fiji has (tested: ImageJ2 2.16 / ImageJ 1.54p; Python mode needs Fiji 2.18+):")
+    for finding in findings:
+        print(f"  {finding}")
+    print()
     print(python_mode_help(fiji))
+    errors = [f for f in findings if f.level == "error"]
+    if errors:  # the copy itself succeeded (exit 0); the user updates Fiji and the commands work
+        print(f"\nNOT READY: the commands are installed, but this Fiji cannot run them until the {len(errors)} "
+              "ERROR line(s) above are fixed.")
     return 0
 
 
