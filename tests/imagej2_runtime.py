@@ -91,10 +91,18 @@ def run_driver(fiji: Path, home: Path, steps: list[dict[str, Any]], work: Path, 
     text = proc.stdout + "\n" + proc.stderr
     (work / "output.txt").write_text(text)
     results = json.loads(out_file.read_text()) if out_file.exists() else []
-    parts = proc.stdout.split(STEP_MARK)
-    per_step = [parts[0]] + [p.split("\n", 1)[1] if "\n" in p else "" for p in parts[1:]]
-    per_step[-1] += "\n" + proc.stderr  # what a dying step printed last
-    return proc.returncode, results, per_step
+    return proc.returncode, results, _per_step(proc.stdout, proc.stderr)
+
+
+def _per_step(stdout: str, stderr: str) -> list[str]:
+    """Both streams cut at the step marks; each step's stdout, then its stderr."""
+    def cut(text: str) -> list[str]:
+        parts = text.split(STEP_MARK)
+        return [parts[0]] + [p.split("\n", 1)[1] if "\n" in p else "" for p in parts[1:]]
+
+    out, err = cut(stdout), cut(stderr)
+    err += [""] * (len(out) - len(err))
+    return [o + "\n" + e for o, e in zip(out, err, strict=False)]
 
 
 # -- the subprocess side ---------------------------------------------------------------------------
@@ -235,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, step in enumerate(steps):
         system_out.println(f"{STEP_MARK}{i} {step['kind']}")
         system_out.flush()
+        print(f"{STEP_MARK}{i} {step['kind']}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         try:
             result = _step(ij, args.fiji, step)

@@ -80,17 +80,24 @@ def find_fiji(path: str | os.PathLike[str] | None, need_imagej2: bool = False) -
 
 
 def script_sources() -> dict[str, bytes]:
-    """The Fiji commands (file name -> content) from the installed package, or from a source checkout
-    whose editable install predates ``fiji_emseg.fiji_scripts``."""
-    folder: Any
-    try:
-        from importlib.resources import files
+    """The Fiji commands (file name -> content) that belong to the running fiji_emseg code.
 
-        folder = files("fiji_emseg.fiji_scripts")
-        entries = list(folder.iterdir())
-    except ModuleNotFoundError:
-        folder = Path(__file__).resolve().parents[2] / "fiji_scripts"
-        entries = list(folder.iterdir()) if folder.is_dir() else []
+    Imported from a source checkout, that checkout's ``fiji_scripts/`` (an editable install
+    elsewhere maps ``fiji_emseg.fiji_scripts`` to its own checkout, whose commands may differ from
+    the code running); installed from a wheel, the package's ``fiji_emseg.fiji_scripts``.
+    """
+    folder: Any
+    checkout = _source_checkout()
+    if checkout is not None:
+        entries = list((checkout / "fiji_scripts").iterdir())
+    else:
+        try:
+            from importlib.resources import files
+
+            folder = files("fiji_emseg.fiji_scripts")
+            entries = list(folder.iterdir())
+        except ModuleNotFoundError:
+            entries = []
     scripts = {e.name: e.read_bytes() for e in entries
                if e.name.endswith(".py") and not e.name.startswith(("_", ".")) and e.is_file()}
     if not scripts:
