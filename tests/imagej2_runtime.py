@@ -195,7 +195,9 @@ def _step(ij: Any, fiji: Path, step: dict[str, Any]) -> dict[str, Any]:
         return {"value": None if value is None else str(value)}
     if kind == "run":
         args = ["--run", str(fiji / INSTALLED / step["name"]), step.get("args", "")]
-        ij.console().processArgs(scyjava.to_java(args))
+        from jpype import JArray, JString
+
+        ij.console().processArgs(JArray(JString)(args))
         ij.get("org.scijava.startup.StartupService").executeOperations()
         return {}
     if kind == "windows":

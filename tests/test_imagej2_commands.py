@@ -8,65 +8,26 @@ preferences in a throwaway folder. One tiny model, trained through the script se
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
-from imagej2_runtime import VNC, imagej2_available, prepare_fiji, run_driver
-
 import tifffile
+from imagej2_fixtures import (  # noqa: F401 - fixtures
+    IMAGEJ2_MARKS,
+    PRED_MASK,
+    TINY,
+    crop,
+    f1,
+    ij2_fiji,
+    tiny_args,
+)
+from imagej2_runtime import run_driver
 
-from fiji_emseg.engine.volume_io import write_volume
-
-pytestmark = [
-    pytest.mark.imagej2,
-    pytest.mark.skipif(not imagej2_available(), reason="no real ImageJ2 in ../shared/imagej2"),
-    pytest.mark.skipif(shutil.which("java") is None, reason="no Java"),
-    pytest.mark.skipif(not (VNC / "image.tif").is_file(), reason="no ../shared/data/vnc_sstem"),
-]
-pytest.importorskip("imagej", reason="pyimagej is not installed")
-
-#: What Predict writes for image.tif and a model of class mito (engine.prediction_output.output_file_names).
-PRED_MASK = "image_mito_mask.tif"
-TINY = {"epochs": 1, "steps": 2, "batch_size": 2, "patch_size": 64, "depth": 2, "filters": 4, "seed": 1,
-        "use_gpu": False, "learning_rate": 0.001, "output": "sigmoid"}
-
-
-def _tiny_args() -> str:
-    return ",".join(f"{k}={'false' if v is False else v!r}" if isinstance(v, str) else
-                    f"{k}={'false' if v is False else v}" for k, v in TINY.items())
-
-
-def f1(pred: np.ndarray, ref: np.ndarray) -> float:
-    """The F1 (Dice) of two binary masks, computed here, independently of the package."""
-    p, r = pred > 0, ref > 0
-    denom = int(p.sum()) + int(r.sum())
-    return 1.0 if denom == 0 else 2.0 * float(np.logical_and(p, r).sum()) / denom
-
-
-@pytest.fixture(scope="session")
-def ij2_fiji(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    return prepare_fiji(tmp_path_factory.mktemp("fiji"))
-
-
-@pytest.fixture(scope="session")
-def crop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """8 x 128 x 128 of vnc_sstem's image and mito masks (0/255), and a mask of the wrong shape."""
-    folder = tmp_path_factory.mktemp("crop")
-    image = tifffile.imread(VNC / "image.tif", key=range(8))[:, 768:896, 384:512]  # 26-35 % mito per slice
-    mito = tifffile.imread(VNC / "mito.tif", key=range(8))[:, 768:896, 384:512]
-    paths = {"image": folder / "image.tif", "mito": folder / "mask" / "mito.tif",
-             "bad": folder / "bad" / "mito.tif", "shifted": folder / "shifted" / "mito.tif", "folder": folder}
-    for key in ("mito", "bad", "shifted"):
-        paths[key].parent.mkdir()
-    write_volume(paths["image"], image)
-    write_volume(paths["mito"], mito)
-    write_volume(paths["bad"], mito[:, :64, :64])
-    write_volume(paths["shifted"], np.roll(mito, 6, axis=2))  # a "prediction" with a known, middling F1
-    return paths
+pytestmark = IMAGEJ2_MARKS
 
 
 # -- one JVM: the script service and macros, headless ---------------------------------------------
@@ -98,7 +59,7 @@ status = "ok: reached the end"
 
 
 @pytest.fixture(scope="session")
-def headless_run(ij2_fiji: tuple[Path, str], crop: dict[str, Path],
+def headless_run(ij2_fiji: tuple[Path, str], crop: dict[str, Path],  # noqa: F811 - fixture
                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     app, _ = ij2_fiji
     work = tmp_path_factory.mktemp("headless")
@@ -243,13 +204,13 @@ def test_a_failed_command_aborts_its_macro(headless_run: dict[str, Any]) -> None
 
 # -- headless --run: one fresh process each, exit code read by the test -------------------------------
 
-def test_headless_run_chains_the_four_commands_and_exits_0(ij2_fiji: tuple[Path, str], crop: dict[str, Path],
+def test_headless_run_chains_the_four_commands_and_exits_0(ij2_fiji: tuple[Path, str], crop: dict[str, Path],  # noqa: F811 - fixture
                                                            tmp_path: Path) -> None:
     app, _ = ij2_fiji
     model, pred, evals, objects = (tmp_path / n for n in ("model", "pred", "eval", "objects"))
     steps = [
         {"kind": "run", "name": "Train_EM_Model.py",
-         "args": f"image_file='{crop['image']}',mask_files='{crop['mito']}',model_folder='{model}',{_tiny_args()}"},
+         "args": f"image_file='{crop['image']}',mask_files='{crop['mito']}',model_folder='{model}',{tiny_args()}"},
         {"kind": "run", "name": "Predict_EM_Model.py",
          "args": f"image_file='{crop['image']}',model_folder='{model}',output_folder='{pred}',use_gpu=false"},
         {"kind": "run", "name": "Evaluate_EM_Segmentation.py",
@@ -269,23 +230,23 @@ def test_headless_run_chains_the_four_commands_and_exits_0(ij2_fiji: tuple[Path,
 
 
 @pytest.mark.parametrize("case", ["wrong-shape mask", "unknown window title", "missing model folder"])
-def test_a_failed_headless_run_exits_non_zero_with_the_error_in_the_log(ij2_fiji: tuple[Path, str],
-                                                                       crop: dict[str, Path], tmp_path: Path,
+def test_a_failed_headless_run_exits_non_zero_with_the_error_in_the_log(ij2_fiji: tuple[Path, str],  # noqa: F811 - fixture
+                                                                       crop: dict[str, Path], tmp_path: Path,  # noqa: F811 - fixture
                                                                        case: str) -> None:
     app, _ = ij2_fiji
     name, args, needle = {
-        "wrong-shape mask": ("Train_EM_Model.py", f"image_file='{crop['image']}',mask_files='{crop['bad']}',"
-                             f"model_folder='{tmp_path / 'm'}',{_tiny_args()}", "mask"),
+        "wrong-shape mask": ("Train_EM_Model.py", (f"image_file='{crop['image']}',mask_files='{crop['bad']}',"
+                             f"model_folder='{tmp_path / 'm'}',{tiny_args()}"), "mask"),
         "unknown window title": ("Evaluate_EM_Segmentation.py", "reference='no such window',prediction='nor this'",
                                  "no image window is called 'no such window'"),
-        "missing model folder": ("Predict_EM_Model.py", f"image_file='{crop['image']}',model_folder="
-                                 f"'{tmp_path / 'nothing here'}',output_folder='{tmp_path / 'out'}'",
+        "missing model folder": ("Predict_EM_Model.py", (f"image_file='{crop['image']}',model_folder="
+                                 f"'{tmp_path / 'nothing here'}',output_folder='{tmp_path / 'out'}'"),
                                  "does not exist"),
     }[case]
     rc, results, texts = run_driver(app, tmp_path / "home", [{"kind": "run", "name": name, "args": args}],
                                     tmp_path / "driver")
     assert rc == 1, texts[-1][-3000:]
-    assert results == []  # System.exit ended the process inside the step
+    assert len(results) <= 1  # System.exit ended the process in (or right after) the step
     errors = [line for line in texts[1].splitlines() if line.startswith("ERROR: ")]
     assert len(errors) == 1 and needle in errors[0], texts[1][-2000:]
     assert "bug in fiji-emseg" not in errors[0]
@@ -300,7 +261,7 @@ status = "got " + str(remembered_probe)
 """
 
 
-def test_no_remembered_input_leaks_between_commands_or_runs(ij2_fiji: tuple[Path, str], crop: dict[str, Path],
+def test_no_remembered_input_leaks_between_commands_or_runs(ij2_fiji: tuple[Path, str], crop: dict[str, Path],  # noqa: F811 - fixture
                                                             tmp_path: Path) -> None:
     app, _ = ij2_fiji
     home = tmp_path / "home"  # the same preferences for both JVM starts, as for one user
@@ -311,7 +272,7 @@ def test_no_remembered_input_leaks_between_commands_or_runs(ij2_fiji: tuple[Path
     shutil.copy(crop["mito"], pred / "mito.tif")
     first = [
         {"kind": "run", "name": "Evaluate_EM_Segmentation.py",
-         "args": f"reference_files='{crop['mito']}',prediction_files='{pred}',annotated_slices='7-8',"
+         "args": f"reference_files='{crop['mito']}',prediction_files='{pred / 'mito.tif'}',annotated_slices='7-8',"
                  f"classes='from evaluate',output_folder='{tmp_path / 'eval'}'"},
         {"kind": "script", "name": "../Remembering_Probe.py", "inputs": {"remembered_probe": "typed earlier"}},
     ]
@@ -320,7 +281,7 @@ def test_no_remembered_input_leaks_between_commands_or_runs(ij2_fiji: tuple[Path
     model = tmp_path / "model"
     second = [
         {"kind": "run", "name": "Train_EM_Model.py",
-         "args": f"image_file='{crop['image']}',mask_files='{crop['mito']}',model_folder='{model}',{_tiny_args()}"},
+         "args": f"image_file='{crop['image']}',mask_files='{crop['mito']}',model_folder='{model}',{tiny_args()}"},
         {"kind": "script", "name": "../Remembering_Probe.py", "inputs": {}},
     ]
     rc, results, texts = run_driver(app, home, second, tmp_path / "second")
@@ -328,8 +289,6 @@ def test_no_remembered_input_leaks_between_commands_or_runs(ij2_fiji: tuple[Path
     # the control: SciJava does remember a script input across JVM starts in this runtime
     assert results[1]["outputs"]["status"] == "got typed earlier"
     # ... but Train did not take Evaluate's annotated_slices or classes
-    import json
-
     saved = json.loads((model / "config.json").read_text())
     assert saved["training"]["fiji_inputs"]["annotated_slices"] == ""
     assert saved["model"]["classes"] == ["mito"]
