@@ -20,6 +20,7 @@ Each step is a dict with a ``kind``:
 - ``screenshot``: ``import -window root PATH`` (ImageMagick; under Xvfb);
 - ``command_async``: ``IJ.doCommand(name)`` (opens a command's input dialog in the GUI);
 - ``close_dialog``: dispose the dialog windows whose title is ``title``;
+- ``log``: the Log window's text (GUI; headless the Log goes to stdout);
 - ``sleep``.
 
 Before each step the driver prints ``=== STEP i`` through Java's ``System.out`` (where the headless
@@ -222,6 +223,9 @@ def _step(ij: Any, fiji: Path, step: dict[str, Any]) -> dict[str, Any]:
                 w.dispose()
                 closed += 1
         return {"closed": closed}
+    if kind == "log":  # the Log window's text (headless, the Log goes to stdout instead)
+        text = scyjava.jimport("ij.IJ").getLog()
+        return {"log": "" if text is None else str(text)}
     if kind == "sleep":
         time.sleep(float(step["s"]))
         return {}

@@ -44,7 +44,7 @@ def gui_run(crop: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     app, _ = prepare_fiji(work)
     model, pred = work / "model", work / "pred"
     shots = {name: work / f"{name}.png" for name in ("train_dialog", "results", "error_dialog")}
-    train = _keys(image="stack", masks="mito mask", image_file="", mask_files="", classes="", model_folder=model,
+    train = _keys(image="stack", masks="mito mask", image_file="", mask_files="", classes="mito", model_folder=model,
                   output="sigmoid", epochs=2, steps=2, batch_size=2, patch_size=64, learning_rate=0.001,
                   validation_slices="7-8", annotated_slices="", depth=2, filters=4, seed=1, use_gpu=False,
                   overwrite=False)
@@ -71,13 +71,16 @@ def gui_run(crop: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
         {"kind": "sleep", "s": 3},
         {"kind": "windows"},
         {"kind": "table", "title": "stack evaluation"},
-        {"kind": "table", "title": "stack pred objects"},
+        {"kind": "table", "title": "stack objects"},
+        {"kind": "macro", "code": "run('Tile'); return 'tiled';"},  # images side by side for the screenshot
+        {"kind": "sleep", "s": 1},
         {"kind": "screenshot", "path": str(shots["results"])},
         {"kind": "macro", "code": f"run('Evaluate EM Segmentation', '{bad}'); return 'went on';"},
         {"kind": "sleep", "s": 2},
         {"kind": "windows"},
         {"kind": "screenshot", "path": str(shots["error_dialog"])},
         {"kind": "close_dialog", "title": "Evaluate EM Segmentation"},
+        {"kind": "log"},
     ]
     rc, results, texts = run_driver(app, work / "home", steps, work / "driver", mode="interactive")
     for name, path in shots.items():
@@ -109,12 +112,12 @@ def test_train_dialog_opens_with_its_labels(gui_run: dict[str, Any]) -> None:
 
 
 def test_a_macro_run_shows_masks_tables_and_the_training_plot_and_no_status_table(gui_run: dict[str, Any]) -> None:
-    assert _ok(gui_run, 7)["value"] == "done", gui_run["texts"][8][-3000:]
+    assert _ok(gui_run, 7)["value"] == "done", gui_run["results"][20]
     windows = _ok(gui_run, 9)
     assert {"stack", "mito mask", "stack pred mito"} <= set(windows["images"])
     plots = [t for t in windows["images"] if t.startswith("Train EM Model: loss and validation F1")]
     assert plots == ["Train EM Model: loss and validation F1 (model)"], windows["images"]
-    assert {"stack evaluation", "stack evaluation per slice", "stack pred objects", "Log"} <= set(windows["non_image"])
+    assert {"stack evaluation", "stack evaluation per slice", "stack objects", "Log"} <= set(windows["non_image"])
     # SciJava's Name/Value window for the #@output values is not opened (the status is in the Log)
     assert not [w for w in windows["showing"] if "SwingDisplayWindow" in w], windows["showing"]
     table = _ok(gui_run, 10)["table"]
@@ -123,14 +126,14 @@ def test_a_macro_run_shows_masks_tables_and_the_training_plot_and_no_status_tabl
     objects = _ok(gui_run, 11)["table"]
     assert objects is not None and min(objects["z_min"] or [1]) >= 1
     assert gui_run["shots"]["results"].stat().st_size > 10_000
-    log = gui_run["texts"][8]
+    log = _ok(gui_run, 20)["log"]
     assert "Train EM Model: epoch 2/2" in log and "validation slices 7-8 (from 1)" in log
     assert np.isfinite(pd.Series(table["iou"])).all()
 
 
 def test_a_failed_command_shows_an_error_dialog_in_the_gui(gui_run: dict[str, Any]) -> None:
-    assert _ok(gui_run, 13)["value"] in (None, "[aborted]")
-    windows = _ok(gui_run, 15)["showing"]
+    assert _ok(gui_run, 15)["value"] in (None, "[aborted]")
+    windows = _ok(gui_run, 17)["showing"]
     assert any(w.endswith("|Evaluate EM Segmentation") for w in windows), windows
-    assert "ERROR: no image window is called 'no such window'" in gui_run["texts"][14]
-    assert _ok(gui_run, 17)["closed"] >= 1
+    assert "ERROR: no image window is called 'no such window'" in _ok(gui_run, 20)["log"]
+    assert _ok(gui_run, 19)["closed"] >= 1

@@ -54,6 +54,13 @@ def _console(text: str) -> None:
             continue
 
 
+def _error_dialog(title: str, message: str) -> None:
+    frame = jclass("ij.IJ").getInstance()
+    if frame is None:
+        frame = jclass("java.awt.Frame")()
+    jclass("ij.gui.MessageDialog")(frame, title, message)
+
+
 def report_failure(error: BaseException | str, title: str = "EM segmentation", exit_code: int = 1,
                    exit_headless: bool | None = None) -> str:
     """Report a failed command in the Log (a dialog in the GUI, an aborted macro); ``--run`` exits.
@@ -68,11 +75,14 @@ def report_failure(error: BaseException | str, title: str = "EM segmentation", e
         _console("".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip())
     ij = jclass("ij.IJ")
     ij.log(f"ERROR: {message}")
+    if not is_headless():
+        # On the AWT thread: the dialog is modal there, but the script thread does not wait on it.
+        # ImageJ's own MessageDialog (what IJ.error shows), built directly: IJ.error itself stays
+        # silent while a macro is being aborted.
+        run_on_edt(lambda: _error_dialog(title, message))
     if in_macro():
         jclass("ij.macro.Interpreter").abort()
     if not is_headless():
-        # On the AWT thread: the dialog is modal there, but the script thread does not wait on it.
-        run_on_edt(lambda: ij.error(title, message))
         return message
     if exit_headless is None:
         exit_headless = in_console_run() or os.environ.get(EXIT_ON_FAILURE_ENV) == "1"
