@@ -10,7 +10,11 @@ from emseg_testdata import blob_sample
 from imagej2_runtime import SHARED_FIJI, imagej2_available
 
 from fiji_emseg.bridge.commands import _check_validation
-from fiji_emseg.bridge.environment import check_fiji_folder, ij1_version_ok, parse_version
+from fiji_emseg.bridge.environment import (
+    check_fiji_folder,
+    ij1_version_ok,
+    parse_version,
+)
 from fiji_emseg.cli.main import main
 from fiji_emseg.engine.sample import Sample
 from fiji_emseg.engine.trainer import split_validation_slices
@@ -62,9 +66,9 @@ def test_a_too_old_imagej_is_an_error(tmp_path: Path) -> None:
     app = fiji_with(tmp_path, "ij-1.52p.jar", "imagej-2.0.0.jar", "scijava-common-2.100.1.jar",
                     "scripting-python-0.5.0.jar")
     found = levels(check_fiji_folder(app))
-    assert found["error"] == ["ImageJ 1.52p is older than 1.53f, the oldest the commands support; update Fiji "
+    assert found["error"] == [("ImageJ 1.52p is older than 1.53f, the oldest the commands support; update Fiji "
                               "(Help > Update..., or a new download of Fiji 2.18+ from https://fiji.sc), "
-                              "or Help > Update ImageJ..."]
+                              "or Help > Update ImageJ...")]
     assert found["warning"] == []  # scijava-common 2.100 honours #@script(language="Python")
 
 

@@ -208,6 +208,10 @@ def trained(ij1, vnc_crop: dict[str, Any], tmp_path_factory: pytest.TempPathFact
             "image_file": str(vnc_crop["image_file"]), "mask_files": str(vnc_crop["mito_file"]),
             "model_folder": str(model), "validation_slices": "5-6", **TINY_TRAIN}, autofill_image=False)
     assert run.ok, run.error
+    if not is_headless():  # the live training plot (a GUI window): later tests tile the windows they open
+        plot = jclass("ij.WindowManager").getWindow(f"Train EM Model: loss and validation F1 ({model.name})")
+        assert plot is not None
+        jclass("ij.WindowManager").getImage(f"Train EM Model: loss and validation F1 ({model.name})").close()
     return {"model": model, "run": run, "log": log}
 
 
