@@ -1,16 +1,16 @@
 #@script(language="Python", menuPath="Plugins>EM Segmentation>Predict EM Model", headless=true, label="Predict EM Model", description="Segment an EM stack (window, file or folder of stacks) with a trained model (fiji-emseg)")
-#@ ImagePlus (label="EM image", required=false, description="The stack to segment (the current image window)") image
-#@ String (label="Or: image file or folder (batch)", value="", description="A TIFF stack or a folder of them; when set it is used instead of the image window and results are written to the output folder") image_file
-#@ File (label="Model folder", style="directory", description="A folder written by Train EM Model (or emseg train)") model_folder
-#@ String (label="Output folder (optional for windows)", value="", description="Where <name>_<class>_mask.tif files are written; required with an image file") output_folder
-#@ Double (label="Mask threshold (0: the model's own)", value=0.0, min=0.0, max=0.999, stepSize=0.05, description="For sigmoid models; 0 uses the threshold chosen on validation data at training (else 0.5)") threshold
-#@ Integer (label="Remove objects smaller than (voxels)", value=0, min=0) min_size
-#@ Integer (label="Fill holes up to (voxels)", value=0, min=0) fill_holes
-#@ Boolean (label="Test-time augmentation (slower)", value=false) tta
-#@ Boolean (label="Show probability maps", value=false) show_probabilities
-#@ Boolean (label="Show overlay", value=false) show_overlay
-#@ Boolean (label="Use the GPU when there is one", value=true) use_gpu
-#@ Boolean (label="Replace existing result files", value=false) overwrite
+#@ ImagePlus (persist=false, label="EM image", required=false, description="The stack to segment (the current image window)") image
+#@ String (persist=false, label="Or: image file or folder (batch)", value="", description="A TIFF stack or a folder of them; when set it is used instead of the image window and results are written to the output folder") image_file
+#@ File (persist=false, label="Model folder", style="directory", description="A folder written by Train EM Model (or emseg train)") model_folder
+#@ String (persist=false, label="Output folder (optional for windows)", value="", description="Where <name>_<class>_mask.tif files are written; required with an image file") output_folder
+#@ Double (persist=false, label="Mask threshold (0: the model's own)", value=0.0, min=0.0, max=0.999, stepSize=0.05, description="For sigmoid models; 0 uses the threshold chosen on validation data at training (else 0.5)") threshold
+#@ Integer (persist=false, label="Remove objects smaller than (voxels)", value=0, min=0) min_size
+#@ Integer (persist=false, label="Fill holes up to (voxels)", value=0, min=0) fill_holes
+#@ Boolean (persist=false, label="Test-time augmentation (slower)", value=false) tta
+#@ Boolean (persist=false, label="Show probability maps", value=false) show_probabilities
+#@ Boolean (persist=false, label="Show overlay", value=false) show_overlay
+#@ Boolean (persist=false, label="Use the GPU when there is one", value=true) use_gpu
+#@ Boolean (persist=false, label="Replace existing result files", value=false) overwrite
 #@output String status
 #@output String mask_titles
 
@@ -23,7 +23,8 @@ _result = predict_command(
     image=image, image_file=str(image_file), model_folder=str(model_folder),
     output_folder=str(output_folder), threshold=float(threshold), min_size=int(min_size),
     fill_holes=int(fill_holes), tta=bool(tta), show_probabilities=bool(show_probabilities),
-    show_overlay=bool(show_overlay), use_gpu=bool(use_gpu), overwrite=bool(overwrite))
+    show_overlay=bool(show_overlay), use_gpu=bool(use_gpu), overwrite=bool(overwrite),
+    module=globals().get("org.scijava.script.ScriptModule"))
 status = _result["status"]
 mask_titles = _result["mask_titles"]
 del _result

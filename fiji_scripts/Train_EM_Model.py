@@ -1,23 +1,23 @@
 #@script(language="Python", menuPath="Plugins>EM Segmentation>Train EM Model", headless=true, label="Train EM Model", description="Train a U-Net on an EM stack and one binary mask per class (fiji-emseg)")
-#@ ImagePlus (label="EM image", required=false, description="The EM stack to learn from (the current image window)") image
-#@ String (label="Mask windows, one per class", value="", description="Titles of the binary mask windows (0/255), comma-separated, in class order, e.g. mito mask, er mask") masks
-#@ String (label="Or: EM image file (batch)", value="", description="A TIFF stack; when set it is used instead of the image window") image_file
-#@ String (label="Or: mask files (batch)", value="", description="Mask files, comma-separated in class order, or a folder of one TIFF per class") mask_files
-#@ String (label="Class names (optional)", value="", description="Comma-separated, one per mask; default: the mask titles or file names") classes
-#@ File (label="Model folder", style="directory", description="Where the new model is written (config.json, weights, model.onnx, training log)") model_folder
-#@ String (label="Output", choices={"sigmoid", "softmax"}, value="sigmoid", description="sigmoid: independent classes that may overlap; softmax: exclusive classes plus background") output
-#@ Integer (label="Epochs", value=64, min=1) epochs
-#@ Integer (label="Steps per epoch", value=256, min=1) steps
-#@ Integer (label="Batch size", value=8, min=1) batch_size
-#@ Integer (label="Patch size (pixels)", value=256, min=16, description="Square training patches; a multiple of 2^(depth-1)") patch_size
-#@ Double (label="Learning rate", value=0.001, min=0.0000001, stepSize=0.0001, style="format:0.0000000") learning_rate
-#@ String (label="Validation slices (from 1, e.g. 13-16)", value="", description="Slices held out to choose the best epoch, numbered from 1 as in Fiji; empty: no validation") validation_slices
-#@ String (label="Annotated slices (from 1, e.g. 1-16)", value="", description="Only these slices are annotated, numbered from 1; empty: every slice") annotated_slices
-#@ Integer (label="Network depth (levels)", value=5, min=1, max=8) depth
-#@ Integer (label="Filters in the first level", value=32, min=1) filters
-#@ Integer (label="Random seed (-1: random, recorded)", value=-1) seed
-#@ Boolean (label="Use the GPU when there is one", value=true) use_gpu
-#@ Boolean (label="Replace a model already in the folder", value=false) overwrite
+#@ ImagePlus (persist=false, label="EM image", required=false, description="The EM stack to learn from (the current image window)") image
+#@ String (persist=false, label="Mask windows, one per class", value="", description="Titles of the binary mask windows (0/255), comma-separated, in class order, e.g. mito mask, er mask") masks
+#@ String (persist=false, label="Or: EM image file (batch)", value="", description="A TIFF stack; when set it is used instead of the image window") image_file
+#@ String (persist=false, label="Or: mask files (batch)", value="", description="Mask files, comma-separated in class order, or a folder of one TIFF per class") mask_files
+#@ String (persist=false, label="Class names (optional)", value="", description="Comma-separated, one per mask; default: the mask titles or file names") classes
+#@ File (persist=false, label="Model folder", style="directory", description="Where the new model is written (config.json, weights, model.onnx, training log)") model_folder
+#@ String (persist=false, label="Output", choices={"sigmoid", "softmax"}, value="sigmoid", description="sigmoid: independent classes that may overlap; softmax: exclusive classes plus background") output
+#@ Integer (persist=false, label="Epochs", value=64, min=1) epochs
+#@ Integer (persist=false, label="Steps per epoch", value=256, min=1) steps
+#@ Integer (persist=false, label="Batch size", value=8, min=1) batch_size
+#@ Integer (persist=false, label="Patch size (pixels)", value=256, min=16, description="Square training patches; a multiple of 2^(depth-1)") patch_size
+#@ Double (persist=false, label="Learning rate", value=0.001, min=0.0000001, stepSize=0.0001, style="format:0.0000000") learning_rate
+#@ String (persist=false, label="Validation slices (from 1, e.g. 13-16)", value="", description="Slices held out to choose the best epoch, numbered from 1 as in Fiji; empty: no validation") validation_slices
+#@ String (persist=false, label="Annotated slices (from 1, e.g. 1-16)", value="", description="Only these slices are annotated, numbered from 1; empty: every slice") annotated_slices
+#@ Integer (persist=false, label="Network depth (levels)", value=5, min=1, max=8) depth
+#@ Integer (persist=false, label="Filters in the first level", value=32, min=1) filters
+#@ Integer (persist=false, label="Random seed (-1: random, recorded)", value=-1) seed
+#@ Boolean (persist=false, label="Use the GPU when there is one", value=true) use_gpu
+#@ Boolean (persist=false, label="Replace a model already in the folder", value=false) overwrite
 #@output String status
 #@output String model_path
 
@@ -32,7 +32,8 @@ _result = train_command(
     steps=int(steps), batch_size=int(batch_size), patch_size=int(patch_size),
     learning_rate=float(learning_rate), validation_slices=str(validation_slices),
     annotated_slices=str(annotated_slices), depth=int(depth), filters=int(filters), seed=int(seed),
-    use_gpu=bool(use_gpu), overwrite=bool(overwrite))
+    use_gpu=bool(use_gpu), overwrite=bool(overwrite),
+    module=globals().get("org.scijava.script.ScriptModule"))
 status = _result["status"]
 model_path = _result["model_path"]
 del _result

@@ -208,6 +208,10 @@ def trained(ij1, vnc_crop: dict[str, Any], tmp_path_factory: pytest.TempPathFact
             "image_file": str(vnc_crop["image_file"]), "mask_files": str(vnc_crop["mito_file"]),
             "model_folder": str(model), "validation_slices": "5-6", **TINY_TRAIN}, autofill_image=False)
     assert run.ok, run.error
+    if not is_headless():  # the live training plot (a GUI window): later tests tile the windows they open
+        plot = jclass("ij.WindowManager").getWindow(f"Train EM Model: loss and validation F1 ({model.name})")
+        assert plot is not None
+        jclass("ij.WindowManager").getImage(f"Train EM Model: loss and validation F1 ({model.name})").close()
     return {"model": model, "run": run, "log": log}
 
 
@@ -254,10 +258,15 @@ def test_script_body_is_one_jython_safe_call(name: str) -> None:
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
     command_calls = [c for c in calls if isinstance(c.func, ast.Name) and c.func.id == SCRIPTS[name][1].__name__]
     assert len(command_calls) == 1
-    assert {c.func.id for c in calls if c not in command_calls} <= {"int", "float", "bool", "str"}  # type: ignore[attr-defined]
-    # every input goes into the call, under its own name
+    others = [c for c in calls if c not in command_calls]
+    # the one non-cast call: globals().get("org.scijava.script.ScriptModule"), the running module
+    module_lookups = [c for c in others if isinstance(c.func, ast.Attribute)]
+    assert [ast.unparse(c) for c in module_lookups] == ["globals().get('org.scijava.script.ScriptModule')"]
+    assert {c.func.id for c in others if c not in module_lookups} <= {  # type: ignore[attr-defined]
+        "int", "float", "bool", "str", "globals"}
+    # every input goes into the call, under its own name, and the running module as ``module``
     inputs = {p.name for p in info.inputs}
-    assert {k.arg for k in command_calls[0].keywords} == inputs
+    assert {k.arg for k in command_calls[0].keywords} == inputs | {"module"}
     # nothing but strings is left at top level, and the outputs are assigned
     assigned = {t.id for s in tree.body if isinstance(s, ast.Assign) for t in s.targets if isinstance(t, ast.Name)}
     deleted = {t.id for s in tree.body if isinstance(s, ast.Delete) for t in s.targets if isinstance(t, ast.Name)}
@@ -272,7 +281,7 @@ def test_script_defaults_equal_command_and_engine_defaults() -> None:
     for name, (_, command) in SCRIPTS.items():
         info = parse_script(script(name))
         signature = inspect.signature(command).parameters
-        assert set(signature) == {p.name for p in info.inputs}, name
+        assert set(signature) == {p.name for p in info.inputs} | {"module"}, name  # + the running ScriptModule
         for p in info.inputs:
             if "value" in p.attrs:
                 assert p.attrs["value"] == signature[p.name].default, (name, p.name)

@@ -41,6 +41,7 @@ from ..engine.inference.predictor import PredictConfig
 from ..engine.models.model_config import ModelConfig
 from ..engine.training.train_config import TrainConfig
 from ..errors import ConfigError, InputDataError, ModelFileError, OutputError
+from .environment import check_command_environment
 from .failure import report_failure
 from .fiji_callbacks import PredictionProgress, TrainingProgress
 from .imageplus import image_to_volume, mask_from_imageplus
@@ -53,6 +54,8 @@ from .outputs import (
 )
 from .progress import FijiProgress, ij_log, log_warnings
 from .results import show_table
+from .stdio import safe_stdio
+from .training_plot import TrainingPlot
 
 __all__ = [
     "EVALUATE_TITLE",
@@ -62,6 +65,7 @@ __all__ = [
     "evaluate_command",
     "measure_command",
     "predict_command",
+    "run_command",
     "split_list",
     "train_command",
     "zero_based_ranges",
@@ -220,15 +224,38 @@ def _device(use_gpu: bool) -> str:
 
 # -- running a command ----------------------------------------------------------------------------
 
-def _run(title: str, work: Callable[[], dict[str, str]], failed: dict[str, str]) -> dict[str, str]:
-    """Run ``work`` with EmsegWarnings in the Log; report any error and return ``failed`` + status."""
+def run_command(title: str, work: Callable[[], dict[str, str]], failed: dict[str, str],
+                module: Any = None) -> dict[str, str]:
+    """Run ``work`` as a Fiji command: usable stdout/stderr, EmsegWarnings in the Log, the
+    environment checked; report any error and return ``failed`` + ``status``.
+
+    ``module`` is the running ``ScriptModule`` (a script finds it in its globals under
+    ``org.scijava.script.ScriptModule``). In the GUI its outputs are marked resolved, so SciJava
+    does not open a Name/Value table window for them (the status is in the Log); the values still
+    go back to a caller of the script service.
+    """
     ensure_jvm()
+    with safe_stdio():
+        try:
+            with log_warnings():
+                check_command_environment(title)
+                result = work()
+        except Exception as exc:  # noqa: BLE001 - every error must be reported, never swallowed by Fiji
+            message = report_failure(exc, title=title)
+            result = {**failed, "status": f"error: {message}"}
+        _hide_outputs(module, result)
+        return result
+
+
+def _hide_outputs(module: Any, outputs: dict[str, str]) -> None:
+    if module is None or is_headless():
+        return
     try:
-        with log_warnings():
-            return work()
-    except Exception as exc:  # noqa: BLE001 - every error must be reported, never swallowed by Fiji
-        message = report_failure(exc, title=title)
-        return {**failed, "status": f"error: {message}"}
+        for name in outputs:
+            module.resolveOutput(name)
+    except Exception:  # noqa: BLE001 - only a window less or more: never fail a finished command for it
+        ij_log("(fiji-emseg could not hide the output table; close it, it only repeats the Log)")
+
 
 
 def _make_folder(folder: Path) -> None:
@@ -261,7 +288,7 @@ def train_command(*, image: Any = None, masks: str = "", image_file: str = "", m
                   batch_size: int = _TRAIN.batch_size, patch_size: int = _TRAIN.patch_size[-1],
                   learning_rate: float = _TRAIN.learning_rate, validation_slices: str = "",
                   annotated_slices: str = "", depth: int = _MODEL.depth, filters: int = _MODEL.filters,
-                  seed: int = -1, use_gpu: bool = True, overwrite: bool = False) -> dict[str, str]:
+                  seed: int = -1, use_gpu: bool = True, overwrite: bool = False, module: Any = None) -> dict[str, str]:
     """Train a 2D U-Net on an EM stack and its class masks; returns ``status`` and ``model_path``.
 
     Masks are window titles (``masks``, comma-separated, one per class) or files (``mask_files``,
@@ -280,6 +307,8 @@ def train_command(*, image: Any = None, masks: str = "", image_file: str = "", m
                               "model already in the folder' (overwrite=true)")
         sample = _training_sample(image, masks, image_file, mask_files, classes, annotated_slices)
         val = _one_based(validation_slices, sample.shape[0])
+        if val:
+            _check_validation(sample, val, _text(validation_slices), _text(annotated_slices))
         model_config = ModelConfig(classes=sample.class_names, depth=int(depth), filters=int(filters),
                                    output=_text(output) or _MODEL.output)  # type: ignore[arg-type]
         config = TrainConfig(epochs=int(epochs), steps_per_epoch=int(steps), batch_size=int(batch_size),
@@ -288,10 +317,41 @@ def train_command(*, image: Any = None, masks: str = "", image_file: str = "", m
                              seed=None if int(seed) < 0 else int(seed), device=_device(bool(use_gpu)))
         ij_log(f"{TRAIN_TITLE}: {sample.name} {'×'.join(map(str, sample.shape))} (Z×Y×X), classes "
                f"{', '.join(sample.class_names)}" + (f", validation slices {_text(validation_slices)} (from 1)"
-                                                     if val else "") + f" -> {folder}")
-        return _train(sample, Path(folder), model_config, config, bool(overwrite))
+                                                     if val else "")
+               + (f", annotated slices {_text(annotated_slices)} (from 1)" if _text(annotated_slices) else "")
+               + f" -> {folder}")
+        result = _train(sample, Path(folder), model_config, config, bool(overwrite))
+        _record_fiji_inputs(Path(folder), {"annotated_slices": _text(annotated_slices),
+                                           "validation_slices": _text(validation_slices),
+                                           "classes": ",".join(sample.class_names)})
+        return result
 
-    return _run(TRAIN_TITLE, work, {"model_path": folder})
+    return run_command(TRAIN_TITLE, work, {"model_path": folder}, module)
+
+
+def _check_validation(sample: Sample, val: Sequence[int], spec: str, annotated_spec: str) -> None:
+    """The engine's validation-slice checks, with the slice numbers the Fiji user typed (from 1)."""
+    held = np.zeros(sample.shape[0], dtype=bool)
+    held[list(val)] = True
+    annotated = (np.ones(sample.shape[0], dtype=bool) if sample.annotated is None
+                 else sample.annotated.reshape(sample.shape[0], -1).any(axis=1))
+    where = f"the annotated slices {annotated_spec}" if annotated_spec else f"slices 1-{sample.shape[0]}"
+    if not (annotated & ~held).any():
+        raise InputDataError(f"validation slices {spec} (from 1) leave no annotated slice for training; hold out "
+                             f"fewer slices of {where}")
+    if not (annotated & held).any():
+        raise InputDataError(f"validation slices {spec} (from 1) hold no annotated slice; choose them among {where}")
+
+
+def _record_fiji_inputs(model_dir: Path, inputs: dict[str, str]) -> None:
+    """Keep the slice choices as the Fiji user typed them (1-based) in the model's config.json."""
+    from ..engine.model_store import read_model_info, write_model_info
+
+    if not (model_dir / "config.json").is_file():
+        return
+    info = read_model_info(model_dir)
+    info.training["fiji_inputs"] = dict(inputs)
+    write_model_info(model_dir, info)
 
 
 def _training_sample(image: Any, masks: Any, image_file: Any, mask_files: Any, classes: Any,
@@ -337,7 +397,8 @@ def _train(sample: Sample, model_dir: Path, model_config: ModelConfig, config: T
     from ..engine.training.trainer import train_model
 
     with FijiProgress(TRAIN_TITLE, show_eta=False, cancel_button=True) as progress:
-        callback = TrainingProgress(progress, TRAIN_TITLE)
+        plot = TrainingPlot(f"{TRAIN_TITLE}: loss and validation F1 ({model_dir.name})")
+        callback = TrainingProgress(progress, TRAIN_TITLE, plot if plot.enabled else None)
         result = train_model([sample], model_dir, model_config=model_config, config=config,
                              overwrite=overwrite, callbacks=[callback])
     if result.status == "interrupted":
@@ -366,7 +427,7 @@ def _export(model_dir: Path, sample: Sample) -> None:
 def predict_command(*, image: Any = None, image_file: str = "", model_folder: str = "", output_folder: str = "",
                     threshold: float = _PREDICT_THRESHOLD, min_size: int = 0, fill_holes: int = 0,
                     tta: bool = False, show_probabilities: bool = False, show_overlay: bool = False,
-                    use_gpu: bool = True, overwrite: bool = False) -> dict[str, str]:
+                    use_gpu: bool = True, overwrite: bool = False, module: Any = None) -> dict[str, str]:
     """Predict an image window (result windows ``<image> pred <class>``) or files (a stack or a folder
     of stacks, written to ``output_folder`` slice by slice); returns ``status`` and ``mask_titles``.
 
@@ -405,7 +466,7 @@ def predict_command(*, image: Any = None, image_file: str = "", model_folder: st
                     ij_log(f"{PREDICT_TITLE}: {status}")
                     return {"status": status, "mask_titles": ""}
 
-    return _run(PREDICT_TITLE, work, {"mask_titles": ""})
+    return run_command(PREDICT_TITLE, work, {"mask_titles": ""}, module)
 
 
 def _predict_files(predictor: Any, progress: FijiProgress, image_file: Any, output_folder: Any,
@@ -465,6 +526,7 @@ def _predict_window(predictor: Any, progress: FijiProgress, image: Any, output_f
     status = f"ok: {title}: {', '.join(titles)} (foreground {voxels})"
     if targets:
         status += f"; saved in {out}"
+    ij_log(f"{PREDICT_TITLE}: {status}")
     return {"status": status, "mask_titles": ",".join(titles)}
 
 
@@ -473,7 +535,7 @@ def _predict_window(predictor: Any, progress: FijiProgress, image: Any, output_f
 def evaluate_command(*, reference: str = "", prediction: str = "", reference_files: str = "",
                      prediction_files: str = "", classes: str = "", annotated_slices: str = "",
                      threshold: float = 0.0, components: str = "3d", output_folder: str = "",
-                     overwrite: bool = False) -> dict[str, str]:
+                     overwrite: bool = False, module: Any = None) -> dict[str, str]:
     """Score predicted masks against reference masks, class by class; returns ``status`` and ``table_title``.
 
     Windows (``reference``/``prediction``: titles in the same class order) or files (each a folder
@@ -534,7 +596,7 @@ def evaluate_command(*, reference: str = "", prediction: str = "", reference_fil
         status = f"ok: {name}: {scores}" + (f"; tables saved in {out}" if out else "")
         return {"status": status, "table_title": table}
 
-    return _run(EVALUATE_TITLE, work, {"table_title": ""})
+    return run_command(EVALUATE_TITLE, work, {"table_title": ""}, module)
 
 
 def _save_csv(path: Path, df: Any, overwrite: bool) -> None:
@@ -548,7 +610,7 @@ def _save_csv(path: Path, df: Any, overwrite: bool) -> None:
 
 def measure_command(*, masks: str = "", mask_files: str = "", classes: str = "", threshold: float = 0.0,
                     components: str = "auto", min_size: int = 0, output_folder: str = "",
-                    overwrite: bool = False) -> dict[str, str]:
+                    overwrite: bool = False, module: Any = None) -> dict[str, str]:
     """Label and measure the objects of mask windows (default: the current image) or files; one
     results table with one row per object; returns ``status`` and ``table_title``.
 
@@ -595,4 +657,4 @@ def measure_command(*, masks: str = "", mask_files: str = "", classes: str = "",
         status = f"ok: {name}: {summary}" + (f"; table saved in {target}" if out else "")
         return {"status": status, "table_title": table}
 
-    return _run(MEASURE_TITLE, work, {"table_title": ""})
+    return run_command(MEASURE_TITLE, work, {"table_title": ""}, module)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..engine.callbacks import Callback, EpochReport, StepReport
 from .progress import FijiProgress, format_duration
+from .training_plot import TrainingPlot
 
 __all__ = ["PredictionProgress", "TrainingProgress", "training_status"]
 
@@ -28,14 +29,16 @@ def training_status(title: str, report: StepReport, val_f1: dict[str, float] | N
 
 
 class TrainingProgress(Callback):
-    """Status bar per step, progress bar over all steps, one Log line per epoch; cancel = stop.
+    """Status bar per step, progress bar over all steps, one Log line per epoch, the live ``plot``
+    (loss and validation F1 per epoch) when given; cancel = stop.
 
     The ETA is the trainer's own (it knows the steps already done when a run resumes), so the
     wrapped :class:`FijiProgress` should be created with ``show_eta=False``.
     """
 
-    def __init__(self, progress: FijiProgress, title: str = "Train EM Model") -> None:
+    def __init__(self, progress: FijiProgress, title: str = "Train EM Model", plot: TrainingPlot | None = None) -> None:
         self.progress = progress
+        self.plot = plot
         self.title = title
         self.total_steps = 0
         self.last_val_f1: dict[str, float] = {}
@@ -54,6 +57,8 @@ class TrainingProgress(Callback):
         self.last_val_f1 = dict(report.val_f1)
         self.epochs_logged += 1
         self.progress.on_message(f"{self.title}: {report.summary()}")
+        if self.plot is not None:
+            self.plot.add_epoch(report.epoch, report.epochs, report.loss, dict(report.val_f1))
 
     def on_message(self, text: str) -> None:
         self.progress.on_message(f"{self.title}: {text}")

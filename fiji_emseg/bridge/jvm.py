@@ -32,7 +32,9 @@ __all__ = [
     "fiji_home",
     "find_ij_jar",
     "has_imagej2",
+    "in_console_run",
     "in_fiji",
+    "in_macro",
     "is_headless",
     "jclass",
     "jvm_running",
@@ -248,6 +250,36 @@ def has_imagej2() -> bool:
 def in_fiji() -> bool:
     """Whether we run inside Fiji (or another ImageJ2 application) rather than our own JVM."""
     return jvm_running() and not _started_here and has_imagej2()
+
+
+#: The SciJava class that runs ``--run script args`` from the command line (a start-up operation).
+_RUN_ARGUMENT = "org.scijava.run.console.RunArgument"
+
+
+def in_console_run() -> bool:
+    """Whether a ``--run`` command-line operation of ImageJ2 is executing in this JVM.
+
+    SciJava runs ``fiji --headless --run script.py 'args'`` as a start-up operation of its
+    ``RunArgument``, whose thread waits for the script to end; no API says so, but that frame on
+    a live thread's stack does. It is what tells a batch run (which must end with a non-zero exit
+    code on failure) from a script-service call made by a Python program (which must get its
+    ``status`` back, not lose its process).
+    """
+    if not has_imagej2():
+        return False
+    threads = jclass("java.lang.Thread").getAllStackTraces()
+    for stack in threads.values():
+        for frame in stack:
+            if str(frame.getClassName()).startswith(_RUN_ARGUMENT):
+                return True
+    return False
+
+
+def in_macro() -> bool:
+    """Whether an ImageJ macro is running (a command called by ``run("…")``)."""
+    if not jvm_running():
+        return False
+    return jclass("ij.macro.Interpreter").getInstance() is not None
 
 
 def fiji_home() -> Path | None:

@@ -1,7 +1,8 @@
 """pandas DataFrames <-> ImageJ1 ResultsTables, and showing them in a window named for the run.
 
-Numeric columns go over as whole ``double[]`` columns (``setValues``/``getColumn``); string columns
-cell by cell (ImageJ1 has no bulk string setter). A non-default DataFrame index becomes the row
+Cells go over one by one with ``setValue(String, int, …)``, which every ImageJ 1.x has
+(``setValues(String, double[])`` is missing in 1.53f, Fiji 2.3.0); columns come back whole
+(``getColumn``). A non-default DataFrame index becomes the row
 labels (ImageJ's "Label" column) and comes back as the index.
 """
 
@@ -37,8 +38,6 @@ def dataframe_to_table(df: pd.DataFrame, decimals: int | None = 4) -> Any:
     full double precision).
     """
     ensure_jvm()
-    from jpype import JArray, JDouble
-
     rt = jclass("ij.measure.ResultsTable")()
     if decimals is not None:
         rt.setPrecision(int(decimals))
@@ -49,8 +48,9 @@ def dataframe_to_table(df: pd.DataFrame, decimals: int | None = 4) -> Any:
         col = df[name]
         heading = str(name)
         if _is_numeric(col):
-            values = np.ascontiguousarray(col.to_numpy(dtype=np.float64, na_value=np.nan))
-            rt.setValues(heading, JArray(JDouble)(values))
+            values = col.to_numpy(dtype=np.float64, na_value=np.nan).tolist()
+            for row, value in enumerate(values):
+                rt.setValue(heading, row, float(value))
         else:
             for row, value in enumerate(col.tolist()):
                 rt.setValue(heading, row, "" if value is None or (isinstance(value, float) and np.isnan(value))

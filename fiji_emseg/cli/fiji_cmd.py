@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..bridge.environment import check_fiji_folder
 from ..errors import EmsegError
 
 __all__ = ["INSTALL_SUBDIR", "InstallAction", "find_fiji", "install_scripts", "launch_fiji", "python_mode_help",
@@ -79,17 +80,24 @@ def find_fiji(path: str | os.PathLike[str] | None, need_imagej2: bool = False) -
 
 
 def script_sources() -> dict[str, bytes]:
-    """The Fiji commands (file name -> content) from the installed package, or from a source checkout
-    whose editable install predates ``fiji_emseg.fiji_scripts``."""
-    folder: Any
-    try:
-        from importlib.resources import files
+    """The Fiji commands (file name -> content) that belong to the running fiji_emseg code.
 
-        folder = files("fiji_emseg.fiji_scripts")
-        entries = list(folder.iterdir())
-    except ModuleNotFoundError:
-        folder = Path(__file__).resolve().parents[2] / "fiji_scripts"
-        entries = list(folder.iterdir()) if folder.is_dir() else []
+    Imported from a source checkout, that checkout's ``fiji_scripts/`` (an editable install
+    elsewhere maps ``fiji_emseg.fiji_scripts`` to its own checkout, whose commands may differ from
+    the code running); installed from a wheel, the package's ``fiji_emseg.fiji_scripts``.
+    """
+    folder: Any
+    checkout = _source_checkout()
+    if checkout is not None:
+        entries = list((checkout / "fiji_scripts").iterdir())
+    else:
+        try:
+            from importlib.resources import files
+
+            folder = files("fiji_emseg.fiji_scripts")
+            entries = list(folder.iterdir())
+        except ModuleNotFoundError:
+            entries = []
     scripts = {e.name: e.read_bytes() for e in entries
                if e.name.endswith(".py") and not e.name.startswith(("_", ".")) and e.is_file()}
     if not scripts:
@@ -193,7 +201,16 @@ def run_install(args: argparse.Namespace) -> int:
     for a in actions:
         print(f"  {a.path.name:<30} {a.action}")
     print("They appear under Plugins > EM Segmentation after Fiji starts (or Help > Refresh Menus).\n")
+    findings = check_fiji_folder(fiji)
+    print("What this Fiji has (tested: ImageJ2 2.16 / ImageJ 1.54p; Python mode needs Fiji 2.18+):")
+    for finding in findings:
+        print(f"  {finding}")
+    print()
     print(python_mode_help(fiji))
+    errors = [f for f in findings if f.level == "error"]
+    if errors:  # the copy itself succeeded (exit 0); the user updates Fiji and the commands work
+        print(f"\nNOT READY: the commands are installed, but this Fiji cannot run them until the {len(errors)} "
+              "ERROR line(s) above are fixed.")
     return 0
 
 
