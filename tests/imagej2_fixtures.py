@@ -13,7 +13,7 @@ import pytest
 import tifffile
 from imagej2_runtime import VNC, imagej2_available, prepare_fiji
 
-from fiji_emseg.engine.volume_io import write_volume
+from fiji_emseg.engine.data.volume_io import write_volume
 
 
 def _has_pyimagej() -> bool:

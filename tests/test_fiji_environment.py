@@ -16,8 +16,8 @@ from fiji_emseg.bridge.environment import (
     parse_version,
 )
 from fiji_emseg.cli.main import main
-from fiji_emseg.engine.sample import Sample
-from fiji_emseg.engine.trainer import split_validation_slices
+from fiji_emseg.engine.data.sample import Sample
+from fiji_emseg.engine.training.trainer import split_validation_slices
 from fiji_emseg.errors import InputDataError
 
 

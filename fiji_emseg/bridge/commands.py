@@ -345,7 +345,7 @@ def _check_validation(sample: Sample, val: Sequence[int], spec: str, annotated_s
 
 def _record_fiji_inputs(model_dir: Path, inputs: dict[str, str]) -> None:
     """Keep the slice choices as the Fiji user typed them (1-based) in the model's config.json."""
-    from ..engine.model_store import read_model_info, write_model_info
+    from ..engine.models.model_store import read_model_info, write_model_info
 
     if not (model_dir / "config.json").is_file():
         return
