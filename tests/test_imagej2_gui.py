@@ -72,8 +72,6 @@ def gui_run(crop: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
         {"kind": "windows"},
         {"kind": "table", "title": "stack evaluation"},
         {"kind": "table", "title": "stack objects"},
-        {"kind": "macro", "code": "run('Tile'); return 'tiled';"},  # images side by side for the screenshot
-        {"kind": "sleep", "s": 1},
         {"kind": "screenshot", "path": str(shots["results"])},
         {"kind": "macro", "code": f"run('Evaluate EM Segmentation', '{bad}'); return 'went on';"},
         {"kind": "sleep", "s": 2},
@@ -112,7 +110,7 @@ def test_train_dialog_opens_with_its_labels(gui_run: dict[str, Any]) -> None:
 
 
 def test_a_macro_run_shows_masks_tables_and_the_training_plot_and_no_status_table(gui_run: dict[str, Any]) -> None:
-    assert _ok(gui_run, 7)["value"] == "done", gui_run["results"][20]
+    assert _ok(gui_run, 7)["value"] == "done", gui_run["results"][18]
     windows = _ok(gui_run, 9)
     assert {"stack", "mito mask", "stack pred mito"} <= set(windows["images"])
     plots = [t for t in windows["images"] if t.startswith("Train EM Model: loss and validation F1")]
@@ -126,14 +124,14 @@ def test_a_macro_run_shows_masks_tables_and_the_training_plot_and_no_status_tabl
     objects = _ok(gui_run, 11)["table"]
     assert objects is not None and min(objects["z_min"] or [1]) >= 1
     assert gui_run["shots"]["results"].stat().st_size > 10_000
-    log = _ok(gui_run, 20)["log"]
+    log = _ok(gui_run, 18)["log"]
     assert "Train EM Model: epoch 2/2" in log and "validation slices 7-8 (from 1)" in log
     assert np.isfinite(pd.Series(table["iou"])).all()
 
 
 def test_a_failed_command_shows_an_error_dialog_in_the_gui(gui_run: dict[str, Any]) -> None:
-    assert _ok(gui_run, 15)["value"] in (None, "[aborted]")
-    windows = _ok(gui_run, 17)["showing"]
+    assert _ok(gui_run, 13)["value"] in (None, "[aborted]")
+    windows = _ok(gui_run, 15)["showing"]
     assert any(w.endswith("|Evaluate EM Segmentation") for w in windows), windows
-    assert "ERROR: no image window is called 'no such window'" in _ok(gui_run, 20)["log"]
-    assert _ok(gui_run, 19)["closed"] >= 1
+    assert "ERROR: no image window is called 'no such window'" in _ok(gui_run, 18)["log"]
+    assert _ok(gui_run, 17)["closed"] >= 1

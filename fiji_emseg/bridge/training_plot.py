@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .awt import run_on_edt
 from .jvm import ensure_jvm, is_headless, jclass
 
 __all__ = ["TrainingPlot"]
@@ -32,10 +33,10 @@ class TrainingPlot:
         self.window: Any = None
 
     def add_epoch(self, epoch: int, epochs: int, loss: float, val_f1: dict[str, float]) -> None:
-        """Record one epoch and redraw, from the calling (training) thread as ImageJ plugins do.
+        """Record one epoch and redraw (on the AWT thread, without waiting for it).
 
-        Not on the AWT event thread: ImageJ 1.53t's ``Plot.show()`` waits there for the new
-        window to be painted, which the blocked event thread never does (a hang seen in tests).
+        Drawing from the training thread instead hung the real ImageJ2 GUI (seen in
+        tests/test_imagej2_gui.py); on the event thread it works there and in ImageJ 1.53t.
         """
         self.epochs.append(float(epoch))
         self.loss.append(float(loss))
@@ -43,7 +44,7 @@ class TrainingPlot:
             self.f1.setdefault(name, []).append(float(value))
         if self.enabled:
             plot = self.build(epochs)
-            self._draw(plot)
+            run_on_edt(lambda: self._draw(plot))
 
     def build(self, epochs: int) -> Any:
         """The ImageJ Plot of the curves so far (also usable headless, e.g. to save it)."""
