@@ -331,17 +331,11 @@ def predict_volume(model: str | Path, image: str | Path, output: str | Path, *, 
     existing one; neither: in this process. Rerunning the same call resumes a stopped run. Returns a
     :class:`~fiji_emseg.engine.inference.dask_runner.BlockwiseResult` (``.output``, ``.summary()``).
     """
-    from dataclasses import replace
-
     from .engine.inference.blockwise import BlockwiseConfig
     from .engine.inference.dask_runner import predict_blockwise
+    from .engine.inference.predictor import with_options
 
-    cfg = config or PredictConfig()
-    if options:
-        try:
-            cfg = replace(cfg, **options)
-        except TypeError as exc:
-            raise ConfigError(f"unknown prediction option: {exc}") from exc
+    cfg = with_options(config, options)
     bw = BlockwiseConfig(chunks=tuple(chunks) if chunks else None, block=tuple(block) if block else None,  # type: ignore[arg-type]
                          level=level, ngff_version=ngff_version, pyramid=pyramid)
     return predict_blockwise(model, image, output, cfg, bw, workers=workers, scheduler=scheduler, overwrite=overwrite,

@@ -35,7 +35,7 @@ from .format_choice import build_backend, plan_candidates
 from .prediction_output import OutputSpec, PredictionWriter, as_thresholds, trained_thresholds
 from .tiling import BLEND_MODES, TilingPlan, plan_tiling
 
-__all__ = ["PredictConfig", "PredictionResult", "Predictor", "predict"]
+__all__ = ["PredictConfig", "PredictionResult", "Predictor", "predict", "with_options"]
 
 BACKENDS = ("auto", "onnxruntime", "torch")
 
@@ -461,17 +461,23 @@ def _axis_sum(axis: Any) -> np.ndarray:
     return total.astype(np.float32)
 
 
+def with_options(config: PredictConfig | None, options: dict[str, Any]) -> PredictConfig:
+    """*config* (default: the defaults) with keyword *options* applied; an unknown name is one line."""
+    cfg = config or PredictConfig()
+    if not options:
+        return cfg
+    try:
+        return replace(cfg, **options)
+    except TypeError as exc:
+        raise ConfigError(f"unknown prediction option: {exc}") from exc
+
+
 def predict(model: str | Path, image: str | Path | ArrayLike3D, output_dir: str | Path | None = None, *,
             config: PredictConfig | None = None, name: str | None = None, overwrite: bool = False,
             calibration: Calibration | None = None, progress: Callback | None = None,
             trust_custom_code: bool = False, **options: Any) -> PredictionResult:
     """One-call prediction: ``predict("model/", "stack.tif", "out/")``; keyword options override ``config``."""
-    cfg = config or PredictConfig()
-    if options:
-        try:
-            cfg = replace(cfg, **options)
-        except TypeError as exc:
-            raise ConfigError(f"unknown prediction option: {exc}") from exc
+    cfg = with_options(config, options)
     with Predictor(model, cfg, trust_custom_code=trust_custom_code) as predictor:
         return predictor.predict(image, output_dir, name=name, calibration=calibration, overwrite=overwrite,
                                  progress=progress)
