@@ -40,7 +40,7 @@ from _common import ROOT, add_quick_flag, make_model_folder, run_child
 PLAIN = """
 import json, sys, time
 from fiji_emseg.engine.inference.predictor import PredictConfig, Predictor
-from _common import peak_rss_mib
+from _memory import peak_rss_mib
 model, src, out, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 with Predictor(model, PredictConfig(threads=threads, backend="onnxruntime")) as p:
     t0 = time.perf_counter()

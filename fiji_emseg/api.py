@@ -324,7 +324,8 @@ def predict_volume(model: str | Path, image: str | Path, output: str | Path, *, 
                    scheduler: str | None = None, config: PredictConfig | None = None, chunks: Sequence[int] | None = None,
                    block: Sequence[int] | None = None, level: int | None = None, ngff_version: str = "0.4",
                    pyramid: bool = True, overwrite: bool = False, trust_custom_code: bool = False,
-                   progress: Callable[[int, int, int], None] | None = None, **options: Any) -> Any:
+                   progress: Callable[[int, int, int], None] | None = None,
+                   log: Callable[[str], None] | None = None, **options: Any) -> Any:
     """Predict a volume of any size block-wise into an OME-Zarr store (``emseg predict ... -o x.ome.zarr``).
 
     ``workers=N`` runs on a local Dask cluster of N processes, ``scheduler="tcp://host:8786"`` on an
@@ -339,4 +340,4 @@ def predict_volume(model: str | Path, image: str | Path, output: str | Path, *, 
     bw = BlockwiseConfig(chunks=tuple(chunks) if chunks else None, block=tuple(block) if block else None,  # type: ignore[arg-type]
                          level=level, ngff_version=ngff_version, pyramid=pyramid)
     return predict_blockwise(model, image, output, cfg, bw, workers=workers, scheduler=scheduler, overwrite=overwrite,
-                             trust_custom_code=trust_custom_code, progress=progress)
+                             trust_custom_code=trust_custom_code, progress=progress, log=log)

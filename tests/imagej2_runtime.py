@@ -75,10 +75,11 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def run_driver(fiji: Path, home: Path, steps: list[dict[str, Any]], work: Path, mode: str = "headless",
-               timeout: float = 420) -> tuple[int, list[dict[str, Any]], list[str]]:
+               timeout: float = 420, max_heap: str = "2g") -> tuple[int, list[dict[str, Any]], list[str]]:
     """Run ``steps`` in a fresh process; returns (exit code, per-step results, per-step output text).
 
     Output text index 0 is what came before the first step (the start-up); i + 1 belongs to step i.
+    ``max_heap`` is the JVM's ``-Xmx`` (Fiji's Edit > Options > Memory & Threads).
     """
     work.mkdir(parents=True, exist_ok=True)
     steps_file, out_file = work / "steps.json", work / "result.json"
@@ -86,7 +87,7 @@ def run_driver(fiji: Path, home: Path, steps: list[dict[str, Any]], work: Path, 
     if out_file.exists():
         out_file.unlink()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--fiji", str(fiji), "--home", str(home),
-           "--mode", mode, "--steps", str(steps_file), "--out", str(out_file)]
+           "--mode", mode, "--steps", str(steps_file), "--out", str(out_file), "--max-heap", max_heap]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout,
                           check=False)
     text = proc.stdout + "\n" + proc.stderr
@@ -108,7 +109,7 @@ def _per_step(stdout: str, stderr: str) -> list[str]:
 
 # -- the subprocess side ---------------------------------------------------------------------------
 
-def _start(fiji: Path, home: Path, mode: str) -> Any:
+def _start(fiji: Path, home: Path, mode: str, max_heap: str = "2g") -> Any:
     import scyjava
 
     scyjava.config.set_java_constraints(fetch="auto")  # the installed JDK; never download one
@@ -118,7 +119,7 @@ def _start(fiji: Path, home: Path, mode: str) -> Any:
     (home / "prefs").mkdir(parents=True, exist_ok=True)
     scyjava.config.add_option(f"-Djava.util.prefs.userRoot={home / 'prefs'}")
     scyjava.config.add_option(f"-Duser.home={home / 'home'}")
-    scyjava.config.add_option("-Xmx2g")
+    scyjava.config.add_option(f"-Xmx{max_heap}")
     ij = imagej.init(str(fiji), mode=mode)
     if mode == "interactive":
         ij.ui().showUI()
@@ -239,9 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", default="headless", choices=("headless", "interactive"))
     p.add_argument("--steps", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--max-heap", default="2g")
     args = p.parse_args(argv)
     steps = json.loads(args.steps.read_text())
-    ij = _start(args.fiji, args.home, args.mode)
+    ij = _start(args.fiji, args.home, args.mode, args.max_heap)
     import scyjava
 
     system_out = scyjava.jimport("java.lang.System").out

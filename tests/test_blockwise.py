@@ -366,3 +366,23 @@ def test_softmax_labels_into_ngff_05(data: dict, tmp_path: Path) -> None:
     np.testing.assert_array_equal(labels[:], ref.labels.values)
     assert set(np.unique(labels[:])) <= {0, 1, 2}
     assert open_volume(out / "labels", level=1).shape == (40, 150, 150)
+
+
+def test_the_output_opens_with_the_reader_napari_uses(data: dict) -> None:
+    """napari-ome-zarr reads a store through ome-zarr-py's Reader: the pyramid, axes and scale it sees."""
+    reader = pytest.importorskip("ome_zarr.reader")
+    from ome_zarr.io import parse_url
+
+    d = data["3d"]
+    out = d["root"] / "napari3d.ome.zarr"
+    predict_blockwise(d["model_dir"], d["input"], out, d["config"], _bw(d))
+    location = parse_url(str(out / "masks"))
+    assert location is not None
+    image = next(n for n in reader.Reader(location)() if n.data)
+    assert [a["name"] for a in image.metadata["axes"]] == ["c", "z", "y", "x"]
+    assert len(image.data) == 2  # both pyramid levels, as napari's multiscale layer gets them
+    full = np.asarray(image.data[0])
+    assert full.shape == (1, 32, 128, 128) and set(np.unique(full)) <= {0, 255}
+    np.testing.assert_array_equal(full[0] > 0, d["masks"][0] > 0)
+    scales = [t[0]["scale"] for t in image.metadata["coordinateTransformations"]]
+    assert scales[0][1:] == pytest.approx(list(VOXEL)) and scales[1][1:] == pytest.approx([0.04, 0.02, 0.02])

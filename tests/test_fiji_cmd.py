@@ -48,10 +48,10 @@ def emseg(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str
     return code, out, err
 
 
-def test_the_four_commands_are_found_in_the_installed_package() -> None:
+def test_the_five_commands_are_found_in_the_installed_package() -> None:
     sources = fiji_cmd.script_sources()
     assert list(sources) == SCRIPTS == ["Evaluate_EM_Segmentation.py", "Measure_EM_Objects.py",
-                                        "Predict_EM_Model.py", "Train_EM_Model.py"]
+                                        "Package_EM_Model.py", "Predict_EM_Model.py", "Train_EM_Model.py"]
     for name, content in sources.items():
         assert content == (REPO / "fiji_scripts" / name).read_bytes()  # __init__.py is not a command
 

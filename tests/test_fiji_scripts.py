@@ -69,6 +69,7 @@ SCRIPTS: dict[str, tuple[str, Any]] = {
     "Predict_EM_Model.py": (commands.PREDICT_TITLE, commands.predict_command),
     "Evaluate_EM_Segmentation.py": (commands.EVALUATE_TITLE, commands.evaluate_command),
     "Measure_EM_Objects.py": (commands.MEASURE_TITLE, commands.measure_command),
+    "Package_EM_Model.py": (commands.PACKAGE_TITLE, commands.package_command),
 }
 #: A model small enough to train in seconds on 2 CPU cores.
 TINY_TRAIN = {"epochs": 2, "steps": 3, "batch_size": 2, "patch_size": 64, "depth": 2, "filters": 4, "seed": 1,
@@ -287,12 +288,16 @@ def test_script_defaults_equal_command_and_engine_defaults() -> None:
                 assert p.attrs["value"] == signature[p.name].default, (name, p.name)
     train, model = TrainConfig(), ModelConfig()
     cmd = commands.train_command
-    assert (_engine_default(cmd, "epochs"), _engine_default(cmd, "steps"), _engine_default(cmd, "batch_size"),
-            _engine_default(cmd, "learning_rate")) == (train.epochs, train.steps_per_epoch, train.batch_size,
-                                                       train.learning_rate) == (64, 256, 8, 1e-3)
-    assert (_engine_default(cmd, "patch_size"),) * 2 == train.patch_size
-    assert (_engine_default(cmd, "depth"), _engine_default(cmd, "filters"), _engine_default(cmd, "output")) == (
-        model.depth, model.filters, model.output)
+    # plan auto, as emseg train: every setting 0 = chosen by the planner (with plan none: the engine's defaults)
+    from fiji_emseg.cli.main import build_parser
+    from fiji_emseg.engine.training.planner import DEFAULT_BUDGET_MINUTES
+
+    cli = build_parser().parse_args(["train", "m", "--image", "a.tif", "--masks", "b.tif"])
+    assert _engine_default(cmd, "plan") == cli.plan == "auto"
+    assert _engine_default(cmd, "time_budget") == DEFAULT_BUDGET_MINUTES["cpu"]
+    for name in ("epochs", "steps", "batch_size", "patch_size", "learning_rate", "depth", "filters"):
+        assert _engine_default(cmd, name) == 0, name
+    assert _engine_default(cmd, "output") == model.output
     assert train.seed is None and _engine_default(cmd, "seed") == -1  # -1: draw one, as the engine does
     assert inspect.signature(evaluate).parameters["components"].default == \
         _engine_default(commands.evaluate_command, "components")

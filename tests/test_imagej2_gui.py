@@ -24,7 +24,7 @@ pytestmark = [*IMAGEJ2_MARKS, pytest.mark.gui,
               pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="no X display (run under xvfb-run)"),
               pytest.mark.skipif(shutil.which("import") is None, reason="no ImageMagick 'import' for screenshots")]
 
-COMMANDS = ("Train EM Model", "Predict EM Model", "Evaluate EM Segmentation", "Measure EM Objects")
+COMMANDS = ("Train EM Model", "Predict EM Model", "Evaluate EM Segmentation", "Measure EM Objects", "Package EM Model")
 
 
 def _keys(**values: Any) -> str:
@@ -45,10 +45,10 @@ def gui_run(crop: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     model, pred = work / "model", work / "pred"
     shots = {name: work / f"{name}.png" for name in ("train_dialog", "results", "error_dialog")}
     train = _keys(image="stack", masks="mito mask", image_file="", mask_files="", classes="mito", model_folder=model,
-                  output="sigmoid", epochs=2, steps=2, batch_size=2, patch_size=64, learning_rate=0.001,
+                  output="sigmoid", plan="auto", time_budget=30, epochs=2, steps=2, batch_size=2, patch_size=64, learning_rate=0.001,
                   validation_slices="7-8", annotated_slices="", depth=2, filters=4, seed=1, use_gpu=False,
                   overwrite=False)
-    predict = _keys(image="stack", image_file="", model_folder=model, output_folder=pred, threshold=0, min_size=0,
+    predict = _keys(image="stack", image_file="", model_folder=model, model_package="", output_folder=pred, threshold=0, min_size=0,
                     fill_holes=0, tta=False, show_probabilities=False, show_overlay=False, use_gpu=False,
                     overwrite=False)
     evaluate = _keys(reference="mito mask", prediction="stack pred mito", reference_files="", prediction_files="",
@@ -94,7 +94,7 @@ def _ok(run: dict[str, Any], i: int) -> dict[str, Any]:
     return result
 
 
-def test_the_four_commands_are_under_plugins_em_segmentation(gui_run: dict[str, Any]) -> None:
+def test_the_five_commands_are_under_plugins_em_segmentation(gui_run: dict[str, Any]) -> None:
     menu = _ok(gui_run, 0)
     for name in COMMANDS:
         file = name.replace(" ", "_") + ".py"

@@ -23,12 +23,14 @@ slider; the engine's 0-based indices are converted at this boundary.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..engine.callbacks import Callback
 from ..engine.data.sample import (
     Sample,
     class_name_from_path,
@@ -39,6 +41,7 @@ from ..engine.data.volume_io import Calibration
 from ..engine.inference.cleanup import CleanupConfig
 from ..engine.inference.predictor import PredictConfig
 from ..engine.models.model_config import ModelConfig
+from ..engine.training.planner import DEFAULT_BUDGET_MINUTES
 from ..engine.training.train_config import TrainConfig
 from ..errors import ConfigError, InputDataError, ModelFileError, OutputError
 from .environment import check_command_environment
@@ -60,10 +63,12 @@ from .training_plot import TrainingPlot
 __all__ = [
     "EVALUATE_TITLE",
     "MEASURE_TITLE",
+    "PACKAGE_TITLE",
     "PREDICT_TITLE",
     "TRAIN_TITLE",
     "evaluate_command",
     "measure_command",
+    "package_command",
     "predict_command",
     "run_command",
     "split_list",
@@ -75,10 +80,13 @@ TRAIN_TITLE = "Train EM Model"
 PREDICT_TITLE = "Predict EM Model"
 EVALUATE_TITLE = "Evaluate EM Segmentation"
 MEASURE_TITLE = "Measure EM Objects"
+PACKAGE_TITLE = "Package EM Model"
 
 # The engine's defaults, which the commands (and the scripts' parameter defaults) repeat.
 _TRAIN = TrainConfig()
 _MODEL = ModelConfig()
+#: The Train command's time budget (minutes): the planner's CPU default, shown as a number in the dialog.
+_BUDGET_MINUTES = DEFAULT_BUDGET_MINUTES["cpu"]
 #: 0 = the model's own threshold (calibrated on validation data at training, else 0.5), as in the engine
 _PREDICT_THRESHOLD = 0.0
 #: Table columns holding slice indices: shown 1-based in Fiji.
@@ -283,13 +291,19 @@ def _writable(paths: Sequence[Path], overwrite: bool) -> None:
 # -- Train EM Model -------------------------------------------------------------------------------
 
 def train_command(*, image: Any = None, masks: str = "", image_file: str = "", mask_files: str = "",
-                  classes: str = "", model_folder: str = "", output: str = _MODEL.output,
-                  epochs: int = _TRAIN.epochs, steps: int = _TRAIN.steps_per_epoch,
-                  batch_size: int = _TRAIN.batch_size, patch_size: int = _TRAIN.patch_size[-1],
-                  learning_rate: float = _TRAIN.learning_rate, validation_slices: str = "",
-                  annotated_slices: str = "", depth: int = _MODEL.depth, filters: int = _MODEL.filters,
+                  classes: str = "", model_folder: str = "", output: str = _MODEL.output, plan: str = "auto",
+                  time_budget: float = _BUDGET_MINUTES, epochs: int = 0, steps: int = 0, batch_size: int = 0,
+                  patch_size: int = 0, learning_rate: float = 0.0, validation_slices: str = "",
+                  annotated_slices: str = "", depth: int = 0, filters: int = 0,
                   seed: int = -1, use_gpu: bool = True, overwrite: bool = False, module: Any = None) -> dict[str, str]:
-    """Train a 2D U-Net on an EM stack and its class masks; returns ``status`` and ``model_path``.
+    """Train a 2D or 3D U-Net on an EM stack and its class masks; returns ``status`` and ``model_path``.
+
+    ``plan="auto"`` (the default, as ``emseg train``): the planner chooses the network, patch,
+    batch, loss, learning rate and the number of steps that fit ``time_budget`` minutes on this
+    machine (0: its default for the device); every setting given as a positive number (epochs,
+    steps, batch size, patch size, learning rate, depth, filters) overrides the plan. ``plan="none"``:
+    the settings as given, 0 standing for the engine's defaults (DeepSCEM's 64 x 256 steps of a
+    32-filter depth-5 network), with ``time_budget`` as a time limit (0: none).
 
     Masks are window titles (``masks``, comma-separated, one per class) or files (``mask_files``,
     or one folder of one TIFF per class); class names default to the masks' titles/file names.
@@ -305,28 +319,66 @@ def train_command(*, image: Any = None, masks: str = "", image_file: str = "", m
         if (Path(folder) / "config.json").is_file() and not bool(overwrite):
             raise OutputError(f"{folder} already holds a model; choose another model folder, or tick 'Replace a "
                               "model already in the folder' (overwrite=true)")
+        mode = _text(plan) or "auto"
+        if mode not in ("auto", "none"):
+            raise ConfigError(f"plan {mode!r} is not known; choose auto (planned from the data, this machine and the "
+                              "time budget) or none (the settings as given)")
+        if float(time_budget) < 0:
+            raise ConfigError(f"time budget {float(time_budget):g} minutes is negative; give minutes, or 0 for "
+                              + ("the planner's default" if mode == "auto" else "no limit"))
         sample = _training_sample(image, masks, image_file, mask_files, classes, annotated_slices)
         val = _one_based(validation_slices, sample.shape[0])
         if val:
             _check_validation(sample, val, _text(validation_slices), _text(annotated_slices))
-        model_config = ModelConfig(classes=sample.class_names, depth=int(depth), filters=int(filters),
-                                   output=_text(output) or _MODEL.output)  # type: ignore[arg-type]
-        config = TrainConfig(epochs=int(epochs), steps_per_epoch=int(steps), batch_size=int(batch_size),
-                             patch_size=(int(patch_size), int(patch_size)), learning_rate=float(learning_rate),
-                             val_slices=zero_based_ranges(val) if val else None,
-                             seed=None if int(seed) < 0 else int(seed), device=_device(bool(use_gpu)))
+        given_model = {k: int(v) for k, v in (("depth", depth), ("filters", filters)) if int(v) > 0}
+        given_train: dict[str, Any] = {k: v for k, v in (
+            ("epochs", int(epochs)), ("steps_per_epoch", int(steps)), ("batch_size", int(batch_size)),
+            ("learning_rate", float(learning_rate))) if v > 0}
+        if int(patch_size) > 0:
+            given_train["patch_size"] = (int(patch_size), int(patch_size))
+        base = TrainConfig(val_slices=zero_based_ranges(val) if val else None,
+                           seed=None if int(seed) < 0 else int(seed), device=_device(bool(use_gpu)),
+                           time_limit_minutes=float(time_budget) if float(time_budget) > 0 else None)
         ij_log(f"{TRAIN_TITLE}: {sample.name} {'×'.join(map(str, sample.shape))} (Z×Y×X), classes "
                f"{', '.join(sample.class_names)}" + (f", validation slices {_text(validation_slices)} (from 1)"
                                                      if val else "")
                + (f", annotated slices {_text(annotated_slices)} (from 1)" if _text(annotated_slices) else "")
                + f" -> {folder}")
-        result = _train(sample, Path(folder), model_config, config, bool(overwrite))
+        output_kind = _text(output) or _MODEL.output
+        planned = None
+        if mode == "auto":
+            from ..api import TrainRequest, plan_request
+
+            request = TrainRequest(model_dir=folder, plan="auto", train=base, model={"output": output_kind},
+                                   model_overrides=given_model, train_overrides=given_train)
+            jclass("ij.IJ").showStatus(f"{TRAIN_TITLE}: planning (measuring the step time on this machine)")
+            planned, config, model_kw = plan_request(request, [sample])
+            model_config = ModelConfig(classes=sample.class_names, **model_kw)
+            for line in planned.describe().splitlines():
+                ij_log(f"{TRAIN_TITLE}: {line}")
+        else:
+            from ..api import warn_before_the_wait
+
+            model_config = ModelConfig(classes=sample.class_names, output=output_kind,  # type: ignore[arg-type]
+                                       **given_model)
+            config = base.replace(**given_train)
+            warn_before_the_wait(model_config, config, _LogMessages())
+        result = _train(sample, Path(folder), model_config, config, bool(overwrite),
+                        None if planned is None else planned.to_dict())
         _record_fiji_inputs(Path(folder), {"annotated_slices": _text(annotated_slices),
                                            "validation_slices": _text(validation_slices),
-                                           "classes": ",".join(sample.class_names)})
+                                           "classes": ",".join(sample.class_names), "plan": mode,
+                                           "time_budget": f"{float(time_budget):g}"})
         return result
 
     return run_command(TRAIN_TITLE, work, {"model_path": folder}, module)
+
+
+class _LogMessages(Callback):
+    """The engine's messages (the expected training time, ...) as Log lines."""
+
+    def on_message(self, text: str) -> None:
+        ij_log(f"{TRAIN_TITLE}: {text}")
 
 
 def _check_validation(sample: Sample, val: Sequence[int], spec: str, annotated_spec: str) -> None:
@@ -393,14 +445,14 @@ def _training_sample(image: Any, masks: Any, image_file: Any, mask_files: Any, c
 
 
 def _train(sample: Sample, model_dir: Path, model_config: ModelConfig, config: TrainConfig,
-           overwrite: bool) -> dict[str, str]:
+           overwrite: bool, plan: dict[str, Any] | None = None) -> dict[str, str]:
     from ..engine.training.trainer import train_model
 
     with FijiProgress(TRAIN_TITLE, show_eta=False, cancel_button=True) as progress:
         plot = TrainingPlot(f"{TRAIN_TITLE}: loss and validation F1 ({model_dir.name})")
         callback = TrainingProgress(progress, TRAIN_TITLE, plot if plot.enabled else None)
         result = train_model([sample], model_dir, model_config=model_config, config=config,
-                             overwrite=overwrite, callbacks=[callback])
+                             overwrite=overwrite, callbacks=[callback], plan=plan)
     if result.status == "interrupted":
         status = (f"cancelled: training stopped after {result.epochs_run} of {config.epochs} epochs; the best model "
                   f"so far is in {model_dir} (continue it with: emseg train {model_dir} --resume)")
@@ -424,26 +476,27 @@ def _export(model_dir: Path, sample: Sample) -> None:
 
 # -- Predict EM Model -----------------------------------------------------------------------------
 
-def predict_command(*, image: Any = None, image_file: str = "", model_folder: str = "", output_folder: str = "",
-                    threshold: float = _PREDICT_THRESHOLD, min_size: int = 0, fill_holes: int = 0,
-                    tta: bool = False, show_probabilities: bool = False, show_overlay: bool = False,
-                    use_gpu: bool = True, overwrite: bool = False, module: Any = None) -> dict[str, str]:
+def predict_command(*, image: Any = None, image_file: str = "", model_folder: str = "", model_package: str = "",
+                    output_folder: str = "", threshold: float = _PREDICT_THRESHOLD, min_size: int = 0,
+                    fill_holes: int = 0, tta: bool = False, show_probabilities: bool = False,
+                    show_overlay: bool = False, use_gpu: bool = True, overwrite: bool = False,
+                    module: Any = None) -> dict[str, str]:
     """Predict an image window (result windows ``<image> pred <class>``) or files (a stack or a folder
-    of stacks, written to ``output_folder`` slice by slice); returns ``status`` and ``mask_titles``.
+    of stacks, written to ``output_folder`` slice by slice; an OME-Zarr/N5 volume, written block-wise
+    to ``output_folder/<name>.ome.zarr``); returns ``status`` and ``mask_titles``.
 
-    ``threshold`` applies to sigmoid models (softmax models take the most probable class); 0 uses
-    the model's own, chosen on validation data at training (0.5 for models without one);
-    ``min_size``/``fill_holes`` (voxels, 0 = off) clean the masks up. With a window,
-    ``output_folder`` (optional) also receives the masks as TIFF files.
+    The model is a folder written by Train EM Model, or (``model_package``) a bioimage.io package
+    (``.zip`` or ``rdf.yaml``) with ONNX or TorchScript weights. ``threshold`` applies to sigmoid
+    models (softmax models take the most probable class); 0 uses the model's own, chosen on
+    validation data at training (0.5 for models without one); ``min_size``/``fill_holes`` (voxels,
+    0 = off) clean the masks up. With a window, ``output_folder`` (optional) also receives the
+    masks as TIFF files.
     """
 
     def work() -> dict[str, str]:
         from ..engine.inference.predictor import Predictor
 
-        model = Path(_text(model_folder))
-        if not _text(model_folder) or not model.exists():
-            raise ModelFileError(f"model folder {_text(model_folder) or '(empty)'} does not exist; choose the folder "
-                                 "that Train EM Model wrote (it holds config.json and weights.safetensors)")
+        model = _model_source(model_folder, model_package)
         cleanup = None
         if int(min_size) > 0 or int(fill_holes) > 0:
             cleanup = CleanupConfig(min_object_size=int(min_size), max_hole_size=int(fill_holes))
@@ -451,6 +504,9 @@ def predict_command(*, image: Any = None, image_file: str = "", model_folder: st
         kinds = ("masks", "probabilities") if bool(show_probabilities) and not file_mode else ("masks",)
         config = PredictConfig(device=_device(bool(use_gpu)), tta=bool(tta), outputs=kinds,
                                thresholds=float(threshold) if float(threshold) > 0 else None, cleanup=cleanup)
+        store = _chunked_input(image_file) if file_mode else None
+        if store is not None:
+            return _predict_store(model, store, output_folder, config, bool(overwrite))
         with Predictor(model, config) as predictor:
             mc = predictor.model_config
             ij_log(f"{PREDICT_TITLE}: model {model} ({', '.join(mc.classes)}, {mc.output}); "
@@ -467,6 +523,84 @@ def predict_command(*, image: Any = None, image_file: str = "", model_folder: st
                     return {"status": status, "mask_titles": ""}
 
     return run_command(PREDICT_TITLE, work, {"mask_titles": ""}, module)
+
+
+def _model_source(model_folder: Any, model_package: Any) -> Path:
+    """The model to run: a bioimage.io package when one is given, else the model folder."""
+    folder, package = _text(model_folder), _text(model_package)
+    if folder and package:
+        raise ConfigError(f"both a model folder ({folder}) and a model package ({package}) are given; give one")
+    if package:
+        path = Path(package)
+        if not path.exists():
+            raise ModelFileError(f"model package {package} does not exist; choose a bioimage.io package "
+                                 "(.zip, or the rdf.yaml of an unpacked one)")
+        if path.is_dir() or path.suffix.lower() not in (".zip", ".yaml", ".yml"):
+            raise ModelFileError(f"model package {package} is not a .zip or rdf.yaml; choose a bioimage.io "
+                                 "package, or give a model folder in 'Model folder' instead")
+        return path
+    path = Path(folder)
+    if not folder or not path.exists():
+        raise ModelFileError(f"model folder {folder or '(empty)'} does not exist; choose the folder that Train EM "
+                             "Model wrote (it holds config.json and weights.safetensors), or a bioimage.io package")
+    return path
+
+
+def _chunked_input(image_file: Any) -> Path | None:
+    """The OME-Zarr / zarr / N5 volume named by ``image_file``, or None for TIFF stacks and folders of them."""
+    from ..engine.data.chunked_io import is_n5, is_zarr
+
+    entries = split_list(image_file)
+    stores = [Path(e) for e in entries if Path(e).is_dir() and (is_zarr(Path(e)) or is_n5(Path(e)))]
+    if not stores:
+        return None
+    if len(entries) > 1:
+        raise ConfigError(f"image_file names {len(entries)} inputs, of which {stores[0]} is a chunked volume; "
+                          "predict one OME-Zarr/N5 volume per run (or use: emseg predict MODEL VOLUMES... -o OUT)")
+    return stores[0]
+
+
+def _store_name(path: Path) -> str:
+    """'cell.ome.zarr' -> 'cell', 'raw.n5' -> 'raw'."""
+    name = path.name
+    for suffix in (".ome.zarr", ".zarr", ".n5"):
+        if name.lower().endswith(suffix):
+            return _stem(name[: -len(suffix)] or name)
+    return _stem(name)
+
+
+def _predict_store(model: Path, store: Path, output_folder: Any, config: PredictConfig,
+                   overwrite: bool) -> dict[str, str]:
+    """An OME-Zarr/N5 volume, block by block, into ``<output_folder>/<name>.ome.zarr`` (resumable)."""
+    from ..api import predict_volume
+    from ..engine.data.volume_io import open_volume
+
+    out = _text(output_folder)
+    if not out:
+        raise ConfigError(f"output_folder is empty; an OME-Zarr/N5 volume ({store.name}) is predicted block by block "
+                          "into <output folder>/<name>.ome.zarr, so give an output folder")
+    with open_volume(store) as vol:
+        shape = tuple(int(v) for v in vol.shape)
+    target = Path(out) / f"{_store_name(store)}.ome.zarr"
+    ij_log(f"{PREDICT_TITLE}: {store} ({'×'.join(map(str, shape))} Z×Y×X) -> {target}, block by block; "
+           "a stopped run resumes when run again with the same settings")
+    _make_folder(Path(out))
+    with FijiProgress(PREDICT_TITLE) as progress:
+        def on_block(done: int, total: int, voxels: int) -> None:
+            progress.on_progress(done, total, f"{PREDICT_TITLE}: {store.name} block {done} of {total}")
+            if progress.cancelled():
+                raise InterruptedError
+
+        try:
+            result = predict_volume(model, store, target, config=config, overwrite=overwrite, progress=on_block,
+                                    log=lambda text: ij_log(f"{PREDICT_TITLE}: {text}"))
+        except InterruptedError:
+            status = (f"cancelled: prediction of {store.name} stopped; the finished blocks are kept in {target} — "
+                      "run the same command again to compute only the missing ones")
+            ij_log(f"{PREDICT_TITLE}: {status}")
+            return {"status": status, "mask_titles": ""}
+    ij_log(f"{PREDICT_TITLE}: {result.summary()}")
+    return {"status": f"ok: {result.summary()}", "mask_titles": ""}
 
 
 def _predict_files(predictor: Any, progress: FijiProgress, image_file: Any, output_folder: Any,
@@ -504,6 +638,7 @@ def _predict_window(predictor: Any, progress: FijiProgress, image: Any, output_f
         spec = OutputSpec(tuple(classes), predictor.model_config.output, ("masks",))
         targets = {key: Path(out) / name for key, name in output_file_names(_stem(title), spec).items()}
         _writable(list(targets.values()), overwrite)
+    _check_room(imp, len(classes), show_probabilities, show_overlay)
     volume, calibration = image_to_volume(imp)
     result = predictor.predict(volume, None, name=_stem(title), calibration=calibration,
                                progress=PredictionProgress(progress, PREDICT_TITLE, title))
@@ -528,6 +663,53 @@ def _predict_window(predictor: Any, progress: FijiProgress, image: Any, output_f
         status += f"; saved in {out}"
     ij_log(f"{PREDICT_TITLE}: {status}")
     return {"status": status, "mask_titles": ",".join(titles)}
+
+
+def window_prediction_bytes(voxels: int, bytes_per_voxel: int, n_classes: int, probabilities: bool,
+                            overlay: bool) -> tuple[int, int]:
+    """Memory a window prediction needs: (Python bytes, Java heap bytes).
+
+    Python holds the image as an array, float32 probabilities and uint8 masks per class; Java
+    receives one 8-bit mask image per class, float probability images when shown, and an RGB
+    overlay composite (image + classes) when shown.
+    """
+    python = voxels * (bytes_per_voxel + 5 * n_classes)
+    java = voxels * (n_classes + (4 * n_classes if probabilities else 0) + ((n_classes + 1) if overlay else 0))
+    return python, java
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+def _check_room(imp: Any, n_classes: int, probabilities: bool, overlay: bool) -> None:
+    """Refuse, before copying anything, a window too large to predict in memory (a big virtual stack)."""
+    import psutil
+
+    voxels = int(imp.getWidth()) * int(imp.getHeight()) * int(imp.getStackSize())
+    bpv = {0: 1, 1: 2, 2: 4}.get(int(imp.getType()), 4)  # GRAY8, GRAY16, GRAY32
+    need_py, need_java = window_prediction_bytes(voxels, bpv, n_classes, probabilities, overlay)
+    runtime = jclass("java.lang.Runtime").getRuntime()
+    free_java = int(runtime.maxMemory()) - (int(runtime.totalMemory()) - int(runtime.freeMemory()))
+    free_py = int(psutil.virtual_memory().available) - max(0, int(runtime.maxMemory()) - int(runtime.totalMemory()))
+    short = []
+    if need_java > free_java:
+        short.append(f"{_gb(need_java)} of Java memory for the result images but {_gb(free_java)} is free "
+                     "(Edit > Options > Memory & Threads)")
+    if need_py > free_py:
+        short.append(f"{_gb(need_py)} of system memory but {_gb(free_py)} is available")
+    if not short:
+        return
+    info = imp.getOriginalFileInfo()
+    source = ""
+    if info is not None and info.directory is not None and info.fileName is not None:
+        source = str(Path(str(info.directory)) / str(info.fileName))
+    where = source or "the stack's file"
+    raise InputDataError(
+        f"{str(imp.getTitle())!r} ({imp.getWidth()}×{imp.getHeight()}×{imp.getStackSize()}, "
+        f"{_gb(voxels * bpv)}) is too large to predict into windows: it needs {' and '.join(short)}; predict it "
+        f"from its file instead: give image_file [{where}] and an output folder (written slice by slice), or run "
+        f"headless: emseg predict MODEL {shlex.quote(source) if source else 'STACK.tif'} -o OUT.ome.zarr --workers N")
 
 
 # -- Evaluate EM Segmentation ---------------------------------------------------------------------
@@ -658,3 +840,59 @@ def measure_command(*, masks: str = "", mask_files: str = "", classes: str = "",
         return {"status": status, "table_title": table}
 
     return run_command(MEASURE_TITLE, work, {"table_title": ""}, module)
+
+
+# -- Package EM Model -----------------------------------------------------------------------------
+
+def package_command(*, model_folder: str = "", image: Any = None, image_file: str = "", package_file: str = "",
+                    authors: str = "", license: str = "CC-BY-4.0", description: str = "", masks: bool = False,
+                    overwrite: bool = False, module: Any = None) -> dict[str, str]:
+    """Write a model folder as a bioimage.io package (``.zip``); returns ``status`` and ``package_path``.
+
+    The sample (the image window, or ``image_file``) is a stack like the training data: a crop of
+    it becomes the test input, and our predictor's output on it the test output that deepImageJ,
+    ``bioimageio test`` and the Model Zoo reproduce. ``masks`` declares a sigmoid model's
+    thresholds as postprocessing (0/1 masks instead of probability maps).
+    """
+    target = _text(package_file)
+
+    def work() -> dict[str, str]:
+        from ..api import package
+
+        folder = _text(model_folder)
+        if not folder or not (Path(folder) / "config.json").is_file():
+            raise ModelFileError(f"model folder {folder or '(empty)'} holds no model (no config.json); choose the "
+                                 "folder that Train EM Model wrote")
+        if not target:
+            raise ConfigError("package_file is empty; give the .zip to write, e.g. mito_model.zip")
+        out = Path(target)
+        if out.suffix.lower() != ".zip":
+            raise ConfigError(f"{out.name}: a bioimage.io package is a .zip file; name it e.g. "
+                              f"{out.with_suffix('.zip').name}")
+        if out.exists() and not bool(overwrite):
+            raise OutputError(f"{out} already exists; choose another package file or tick 'Replace an existing "
+                              "package file' (overwrite=true)")
+        if _text(image_file):
+            paths = _files(image_file, "image_file", folder_ok=False)
+            if len(paths) != 1:
+                raise ConfigError(f"image_file names {len(paths)} files; give one sample stack")
+            sample: Any = paths[0]
+            name = paths[0].name
+        else:
+            imp = image if image is not None else _current_image("sample image")
+            sample, _ = image_to_volume(imp)
+            name = str(imp.getTitle())
+        _make_folder(out.parent)
+        ij_log(f"{PACKAGE_TITLE}: {folder} -> {out} (test tensors from a crop of {name})")
+        jclass("ij.IJ").showStatus(f"{PACKAGE_TITLE}: exporting weights and checking the package")
+        report = package(Path(folder), out, sample, authors=tuple(split_list(authors)),
+                         license=_text(license) or "CC-BY-4.0", description=_text(description) or None,
+                         masks=bool(masks), overwrite=bool(overwrite),
+                         log=lambda text: ij_log(f"{PACKAGE_TITLE}: {text}"))
+        jclass("ij.IJ").showStatus("")
+        for note in report.notes:
+            ij_log(f"{PACKAGE_TITLE}: note: {note}")
+        ij_log(f"{PACKAGE_TITLE}: {report.summary()}")
+        return {"status": f"ok: {report.summary()}", "package_path": str(report.path)}
+
+    return run_command(PACKAGE_TITLE, work, {"package_path": target}, module)

@@ -29,7 +29,7 @@ _FIJI_HOME_ENV = "FIJI_HOME"
 
 DESCRIPTION = """\
 install: copy the Fiji commands (Train EM Model, Predict EM Model, Evaluate EM Segmentation,
-Measure EM Objects) into FIJI/scripts/Plugins/EM_Segmentation/, where they appear under
+Measure EM Objects, Package EM Model) into FIJI/scripts/Plugins/EM_Segmentation/, where they appear under
 Plugins > EM Segmentation, and print how to switch Fiji to Python mode and which packages its
 Python environment needs. An existing, different copy is only replaced with --overwrite.
 
