@@ -579,7 +579,7 @@ def _predict_store(model: Path, store: Path, output_folder: Any, config: Predict
     if not out:
         raise ConfigError(f"output_folder is empty; an OME-Zarr/N5 volume ({store.name}) is predicted block by block "
                           "into <output folder>/<name>.ome.zarr, so give an output folder")
-    with open_volume(store) as vol:
+    with open_volume(store) as vol:  # a store that is not an image fails here, before the output folder is made
         shape = tuple(int(v) for v in vol.shape)
     target = Path(out) / f"{_store_name(store)}.ome.zarr"
     ij_log(f"{PREDICT_TITLE}: {store} ({'×'.join(map(str, shape))} Z×Y×X) -> {target}, block by block; "
@@ -687,7 +687,7 @@ def _check_room(imp: Any, n_classes: int, probabilities: bool, overlay: bool) ->
     import psutil
 
     voxels = int(imp.getWidth()) * int(imp.getHeight()) * int(imp.getStackSize())
-    bpv = {0: 1, 1: 2, 2: 4}.get(int(imp.getType()), 4)  # GRAY8, GRAY16, GRAY32
+    bpv = max(1, int(imp.getBitDepth()) // 8)  # 8-, 16- or 32-bit (image_to_volume refuses the rest)
     need_py, need_java = window_prediction_bytes(voxels, bpv, n_classes, probabilities, overlay)
     runtime = jclass("java.lang.Runtime").getRuntime()
     free_java = int(runtime.maxMemory()) - (int(runtime.totalMemory()) - int(runtime.freeMemory()))
@@ -865,7 +865,7 @@ def package_command(*, model_folder: str = "", image: Any = None, image_file: st
                                  "folder that Train EM Model wrote")
         if not target:
             raise ConfigError("package_file is empty; give the .zip to write, e.g. mito_model.zip")
-        out = Path(target)
+        out = Path(target)  # package() checks these too, but only after the folder is made and the image copied
         if out.suffix.lower() != ".zip":
             raise ConfigError(f"{out.name}: a bioimage.io package is a .zip file; name it e.g. "
                               f"{out.with_suffix('.zip').name}")
