@@ -108,7 +108,8 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
             "train_minutes": round(train_min, 2), "epochs": result.epochs_run, "best_epoch": result.best_epoch,
             "status": result.status, "device": result.device, "model": model.name,
             "predict_voxels_per_s": pred.voxels_per_second, "preset": preset,
-            "patch_size": list(cfg.patch_size), "filters": model.filters, "dims": model.dims, "plan": plan_text}
+            "patch_size": list(cfg.patch_size), "filters": model.filters, "dims": model.dims,
+            "hard_fraction": cfg.hard_fraction, "plan": plan_text}
 
 
 def main() -> int:
@@ -151,7 +152,7 @@ def main() -> int:
                                                                   ("hard_fraction", args.hard_fraction)) if v is not None}
                 rows.append(run_class(cls, preset, minutes, args.device, work, args.seed, args.quiet, overrides, args.tta))
                 print(json.dumps(rows[-1]), flush=True)
-    print("\nclass     preset  F1     IoU    F1/slice        train   | DeepSCEM F1  IoU   (min) | target")
+    print("\nclass     preset  hard  F1     IoU    prec   recall F1/slice        train   | DeepSCEM F1  IoU   (min) | target")
     for r in rows:
         ref = REFERENCE.get(str(r["class"]))
         tgt = (f"F1 >= {GPU_TARGET[r['class']]:.2f} (GPU)" if gpu and r["class"] in GPU_TARGET else
@@ -161,7 +162,8 @@ def main() -> int:
             goal = GPU_TARGET[r["class"]] if gpu else CPU_TARGET[r["class"]][0]
             met = "met" if float(r["f1"]) >= goal else "NOT met"
         ref_txt = f"{ref[0]:.3f}  {ref[1]:.3f} ({ref[2]})" if ref else ""
-        print(f"{r['class']:9s} {r['preset']:7s} {r['f1']:.3f}  {r['iou']:.3f}  {r['f1_slice_mean']:.3f}±{r['f1_slice_std']:.3f}  "
+        print(f"{r['class']:9s} {r['preset']:7s} {r['hard_fraction']:.2f}  {r['f1']:.3f}  {r['iou']:.3f}  {r['precision']:.3f}  "
+              f"{r['recall']:.3f}  {r['f1_slice_mean']:.3f}±{r['f1_slice_std']:.3f}  "
               f"{r['train_minutes']:5.1f} min | {ref_txt:22s} | {tgt} {met}")
         if ref:
             print(f"          ratio to DeepSCEM: F1 x{float(r['f1']) / ref[0]:.3f}, training time x{float(r['train_minutes']) / ref[2]:.2f}")
