@@ -100,7 +100,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="fraction of patches centred on a labelled voxel of a random class (default: planned, 0.5; 0.8 with --plan none)")
     t.add_argument("--hard-fraction", type=float_range(0.0, 0.95), metavar="F",
                    help="error-driven sampling: share of patches centred where the current model is most wrong on the "
-                        "training data, re-mined every 2 epochs (default 0 = off)")
+                        "training data, re-mined every 2 epochs (default: planned, 0.25 when the budget gives 6 or more "
+                        "epochs, else 0; 0 with --plan none)")
     a = p.add_argument_group("augmentation")
     a.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     a.add_argument("--no-flips", action="store_true", help="no flips")

@@ -20,6 +20,11 @@ What it decides, and why:
 - **Loss and label focus**: Dice + cross-entropy with half of the patches centred on labelled
   voxels: DeepSCEM's Dice with 80 % focus over-segmented on vnc (the network rarely sees hard
   background); Adam at 2e-3 with cosine annealing over the budget.
+- **Error-driven sampling**: when the budget gives at least ``MIN_HARD_EPOCHS`` epochs, a
+  quarter of the patches are centred where the current model is most wrong on the training data,
+  re-mined every two epochs (:mod:`.hard_examples`): rare hard background (myelin, dark debris,
+  membranes that look like organelles) is then seen within the budget. Shorter runs do without:
+  the first mining needs a model that has learned the easy cases, so it would come too late to pay.
 - **Steps**: the measured seconds per step on this machine (:mod:`.step_probe`) into the budget,
   less 10 % for validation and saving.
 """
@@ -48,6 +53,9 @@ OVERHEAD = 0.10
 ISOTROPIC = 2.0
 #: Consecutive annotated slices a 3D plan needs (its patch depth).
 MIN_3D_RUN = 16
+#: Share of patches at mined hard examples, and the fewest planned epochs that turn it on.
+HARD_FRACTION = 0.25
+MIN_HARD_EPOCHS = 6
 
 StepTimer = Callable[[ModelConfig, TrainConfig], float]
 
@@ -91,7 +99,7 @@ class TrainingPlan:
         lines = [
             f"plan for {self.budget_minutes:g} min on {self.device}: {m['dims']}D U-Net, depth {m['depth']}, "
             f"{m['filters']} filters; patch {patch}, batch {t['batch_size']}, {t['loss']} loss, label focus "
-            f"{t['label_focus']:g}, Adam lr {t['learning_rate']:g} ({t['lr_schedule']}); "
+            f"{t['label_focus']:g}, hard examples {float(t.get('hard_fraction', 0.0)):g}, Adam lr {t['learning_rate']:g} ({t['lr_schedule']}); "
             f"{t['epochs']} x {t['steps_per_epoch']} steps at {self.seconds_per_step:.3g} s/step "
             f"(measured) -> about {self.estimated_minutes:.0f} min",
         ]
@@ -195,6 +203,16 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
         train.setdefault("epochs", epochs)
         reasons.append(f"{total} steps fit in {budget:g} min at {seconds:.3g} s/step (measured on this machine): "
                        f"{epochs} epoch{'s' if epochs != 1 else ''} of {spe} steps")
+    epochs = int(train.get("epochs", base.epochs))
+    if "hard_fraction" not in train_over:
+        if epochs >= MIN_HARD_EPOCHS:
+            train["hard_fraction"] = HARD_FRACTION
+            reasons.append(f"error-driven sampling: {HARD_FRACTION:.0%} of patches at the model's worst errors on the "
+                           f"training data, re-mined every {base.hard_every} epochs, so rare hard background is learned")
+        else:
+            train["hard_fraction"] = 0.0
+            reasons.append(f"no error-driven sampling: {epochs} epoch{'s' if epochs != 1 else ''} planned, "
+                           f"mining pays from {MIN_HARD_EPOCHS}")
     cfg = base.replace(**train)
     return TrainingPlan(model=model, train={**train, "patch_size": [int(v) for v in train["patch_size"]]},
                         budget_minutes=budget, seconds_per_step=seconds,
