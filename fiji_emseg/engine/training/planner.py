@@ -203,7 +203,7 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
         train.setdefault("epochs", epochs)
         reasons.append(f"{total} steps fit in {budget:g} min at {seconds:.3g} s/step (measured on this machine): "
                        f"{epochs} epoch{'s' if epochs != 1 else ''} of {spe} steps")
-    epochs = int(train.get("epochs", base.epochs))
+    epochs = int(train["epochs"])  # planned above, or given
     if "hard_fraction" not in train_over:
         if epochs >= MIN_HARD_EPOCHS:
             train["hard_fraction"] = HARD_FRACTION
