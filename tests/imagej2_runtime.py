@@ -1,8 +1,8 @@
 """Drive the Fiji commands in the real ImageJ2 of ``../shared/imagej2`` (pyimagej, offline).
 
 Importable by tests (paths, a skip marker, :func:`prepare_fiji`, :func:`run_driver`) and runnable
-as the subprocess that hosts one JVM (a JVM starts once per process, and ``System.exit`` from a
-failed ``--run`` ends the whole process)::
+as the subprocess that hosts one JVM (a JVM starts once per process, and a failed
+``--run`` ends the whole process with exit code 1)::
 
     python tests/imagej2_runtime.py --fiji COPY/Fiji.app --home HOME --mode headless \\
         --steps steps.json --out result.json
@@ -25,7 +25,7 @@ Each step is a dict with a ``kind``:
 
 Before each step the driver prints ``=== STEP i`` through Java's ``System.out`` (where the headless
 Log goes too), so a test can cut the process output into per-step Log text. The result file is
-rewritten after every step, so the steps before a ``System.exit`` are kept.
+rewritten after every step, so the steps before a failure that ends the process are kept.
 """
 
 from __future__ import annotations

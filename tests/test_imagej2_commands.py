@@ -246,7 +246,7 @@ def test_a_failed_headless_run_exits_non_zero_with_the_error_in_the_log(ij2_fiji
     rc, results, texts = run_driver(app, tmp_path / "home", [{"kind": "run", "name": name, "args": args}],
                                     tmp_path / "driver")
     assert rc == 1, texts[-1][-3000:]
-    assert len(results) <= 1  # System.exit ended the process in (or right after) the step
+    assert len(results) <= 1  # the failure ended the process in (or right after) the step
     errors = [line for line in texts[1].splitlines() if line.startswith("ERROR: ")]
     assert len(errors) == 1 and needle in errors[0], texts[1][-2000:]
     assert "bug in fiji-emseg" not in errors[0]

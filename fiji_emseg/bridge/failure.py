@@ -66,7 +66,7 @@ def report_failure(error: BaseException | str, title: str = "EM segmentation", e
     """Report a failed command in the Log (a dialog in the GUI, an aborted macro); ``--run`` exits.
 
     ``exit_headless`` (default: a headless ``--run`` batch run, or ``$EMSEG_EXIT_ON_FAILURE`` is
-    "1") makes a headless run call ``System.exit(exit_code)`` after logging. Returns the message
+    "1") makes a headless run end the process with ``exit_code`` after logging. Returns the message
     (for a status output).
     """
     ensure_jvm()
@@ -88,5 +88,27 @@ def report_failure(error: BaseException | str, title: str = "EM segmentation", e
         exit_headless = in_console_run() or os.environ.get(EXIT_ON_FAILURE_ENV) == "1"
     if exit_headless:
         _console(f"{title}: ERROR: {message}")
-        jclass("java.lang.System").exit(int(exit_code))
+        _end_process(int(exit_code))
     return message
+
+
+def _end_process(exit_code: int) -> None:
+    """End a failed batch run with ``exit_code``, without the process's C exit handlers.
+
+    In Python mode CPython hosts the JVM. ``System.exit`` ends in libc's ``exit()``, whose
+    handlers tear down native libraries (PyTorch, ONNX Runtime) while Python and Java threads
+    still run: on Debian's OpenJDK 17 that crashed in libc (SIGSEGV, exit status -6 instead of
+    the 1 asked for) once the engine had been imported. So the Java and Python streams are
+    flushed, and the process ends at once with the code asked for. Java's shutdown hooks are
+    skipped; a failed batch run has nothing of the user's to save in them.
+    """
+    system = jclass("java.lang.System")
+    for stream in (system.out, system.err):
+        stream.flush()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # noqa: BLE001, S112 - a closed stream has nothing to flush
+            continue
+    os._exit(exit_code)
