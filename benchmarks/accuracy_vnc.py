@@ -96,6 +96,9 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
     else:
         cfg = TrainConfig(seed=seed, device=device, time_limit_minutes=minutes)
     cfg = cfg.replace(**overrides)
+    if plan_text and overrides:  # the plan printed above is the planner's; these replace parts of it
+        plan_text += "\n  - overridden on the command line: " + ", ".join(f"{k} {v}" for k, v in overrides.items())
+        print(plan_text.splitlines()[-1], flush=True)
     model_dir = workdir / f"model_{cls}_{preset}"
     t0 = time.monotonic()
     result = train_model([train], model_dir, model_config=model, config=cfg, val_samples=[val],
