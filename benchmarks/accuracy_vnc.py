@@ -10,7 +10,7 @@ mitochondria F1 0.894 (IoU 0.808) after 42 minutes; membrane F1 0.816 (IoU 0.689
 Targets: CPU, mito F1 >= 0.90 within 30 minutes and membrane F1 >= 0.83 within 20 minutes;
 GPU with the default schedule (64 x 256 steps, default model), mito >= 0.93, membrane >= 0.86.
 The ``plan`` preset has the planner's own CPU targets: mito >= 0.91 in 30 minutes, membrane >= 0.88
-in 20 minutes (both above the hand-tuned ``cpu`` preset on a 2-core Zen 4 with bf16).
+in 20 minutes (the hand-tuned ``cpu`` preset reached 0.901 and 0.877 on a 2-core Zen 4 with bf16).
 
 Presets:
 - ``cpu`` (default without a GPU): a 16-filter depth-5 residual U-Net (about 4x fewer operations
