@@ -90,10 +90,18 @@ def test_plan_follows_voxel_size_object_size_budget_and_device() -> None:
     pz, py, px = b.train["patch_size"]
     mult = ModelConfig(classes=classes, **b.model).spatial_multiple
     assert pz <= 20 and pz % mult[0] == 0 and py % mult[1] == 0
-    # larger objects -> larger patches (up to the CPU cap)
+    # larger objects -> larger patches (up to the CPU cap); small ones get at least the receptive
+    # field (189 px at depth 5 -> 192), or the whole annotated region where that is smaller
     big = fingerprint([discs((8, 320, 320), 40, 3, (50.0, 5.0, 5.0), spacing=100)])
     c = plan_training(big, classes=classes, time_limit_minutes=10, device="cpu", step_timer=constant_timer(0.5))
-    assert a.train["patch_size"] == [128, 128] and c.train["patch_size"] == [256, 256]
+    wide = fingerprint([discs((8, 320, 320), 10, 3, (50.0, 5.0, 5.0))])
+    w = plan_training(wide, classes=classes, time_limit_minutes=10, device="cpu", step_timer=constant_timer(0.5))
+    assert c.train["patch_size"] == [256, 256] and w.train["patch_size"] == [192, 192]
+    assert any("receptive field (189 px" in r for r in w.reasons)
+    assert a.train["patch_size"] == [160, 160]  # the 160 px images bound it
+    shallow = plan_training(wide, classes=classes, time_limit_minutes=10, device="cpu", step_timer=constant_timer(0.5),
+                            model_overrides={"depth": 3})  # receptive field 45 px: the 128 px floor
+    assert shallow.train["patch_size"] == [128, 128]
     # the budget sets the steps; the cosine schedule anneals over it
     d = plan_training(aniso, classes=classes, time_limit_minutes=40, device="cpu", step_timer=constant_timer(0.5))
     steps_a = a.train["epochs"] * a.train["steps_per_epoch"]

@@ -12,7 +12,8 @@ What it decides, and why:
   ssTEM/SBF-SEM sections (5-12x thicker than a pixel), stacks without a voxel size and sparsely
   annotated slices train 2D.
 - **Patch size**: four times the 90th-percentile object diameter (an object plus a ring of
-  context on each side), at least 128 px, at most 256 px on a CPU (512 on a GPU), never larger
+  context on each side), and in 2D at least the network's measured receptive field (189 px at
+  depth 5: a smaller patch trains every voxel with zero padding in its view), at least 128 px, at most 256 px on a CPU (512 on a GPU), never larger
   than the annotated region, a multiple of the network's spatial multiple.
 - **Width and depth**: 16 filters on a CPU (the tuned CPU recipe: ~4x cheaper per step than 32,
   so ~4x more steps fit), 32 on a GPU; depth 5 in 2D (receptive field ~190 px), 4 in 3D.
@@ -39,6 +40,7 @@ from typing import Any
 from ...errors import ConfigError
 from ..models.device import choose_device
 from ..models.model_config import ModelConfig
+from ..models.receptive_field import measure_config_receptive_field
 from .fingerprint import DataFingerprint
 from .step_probe import probe_step_seconds
 from .train_config import TrainConfig
@@ -113,6 +115,10 @@ def _round_down(v: int, m: int) -> int:
     return max(m, (int(v) // m) * m)
 
 
+def _round_up(v: int, m: int) -> int:
+    return max(m, -(-int(v) // m) * m)
+
+
 def estimate_minutes(seconds_per_step: float, cfg: TrainConfig) -> float:
     """Expected minutes of *cfg*'s schedule: its steps (or its time limit, if shorter) plus overhead."""
     by_steps = seconds_per_step * cfg.total_steps * (1 + OVERHEAD) / 60.0
@@ -169,11 +175,18 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
     limit_y = min(fp.annotated_yx[0], *(s[1] for s in fp.image_shapes))
     limit_x = min(fp.annotated_yx[1], *(s[2] for s in fp.image_shapes))
     if dims == 2:
-        want = int(min(cap, max(128, math.ceil(4 * p90))))
+        # a patch smaller than the receptive field trains every voxel with zero padding in its view,
+        # which the large tiles of prediction never show it (thin membranes would otherwise get 128 px)
+        rf = measure_config_receptive_field(probe_model)
+        field_px = 2 * max(rf.radius[1:]) + 1
+        context = math.ceil(4 * p90)
+        want = int(min(cap, max(128, context, _round_up(field_px, mult[1]))))
         py, px = _round_down(min(want, limit_y), mult[1]), _round_down(min(want, limit_x), mult[2])
         patch: tuple[int, ...] = (py, px)
-        reasons.append(f"patch {py}x{px}: 4x the 90th-percentile object diameter ({p90:.0f} px) for context, "
-                       f"within 128-{cap} px and the annotated region ({limit_y}x{limit_x})")
+        why = (f"4x the 90th-percentile object diameter ({p90:.0f} px) for context" if context >= field_px else
+               f"the network's receptive field ({field_px} px; 4x the 90th-percentile object diameter is "
+               f"{context} px)")
+        reasons.append(f"patch {py}x{px}: {why}, within 128-{cap} px and the annotated region ({limit_y}x{limit_x})")
         batch = max(2, min(32, round((16 if gpu else 8) * (256 * 256) / (py * px))))
     else:
         xy = 128 if gpu else 96
