@@ -296,6 +296,9 @@ def test_class_names_default_to_mask_file_names() -> None:
     assert class_name_from_path("er.ome.tiff") == "er"
     assert class_name_from_path("x.TIF") == "x"
     assert class_name_from_path("vol.zarr") == "vol"
+    assert class_name_from_path("/data/mito.ome.zarr/") == "mito"  # not 'mito.ome'
+    assert class_name_from_path("ER.OME.ZARR") == "ER"
+    assert class_name_from_path("membrane.n5") == "membrane"
 
 
 # ---------------------------------------------------------------- real data

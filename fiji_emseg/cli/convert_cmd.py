@@ -38,8 +38,6 @@ examples:
   emseg convert --volume prediction.ome.zarr/masks --output masks.tif
   emseg convert --volume cell.n5 --level 1 --output cell_s1.ome.zarr"""
 
-_MASK_EXTS = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy", ".zarr")
-
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(

@@ -222,10 +222,13 @@ def _fmt_value(v: Any) -> str:
 
 
 def class_name_from_path(path: str | Path) -> str:
-    """'cell_mito.tif' -> 'cell_mito': the default class name for a mask file."""
+    """'cell_mito.tif' -> 'cell_mito': the default class name for a mask file or store.
+
+    Double suffixes come first, so 'mito.ome.zarr' names the class 'mito', not 'mito.ome'.
+    """
     p = Path(path)
     name = p.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy", ".zarr"):
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".npy", ".zarr", ".n5"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return p.stem
