@@ -80,15 +80,21 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
     mask = as_binary_mask(read_volume(data / f"{cls}.tif")[0], f"{cls}.tif")
     train = Sample(f"{data.name} train {train_z.start}-{train_z.stop - 1}", image[train_z], mask[None, train_z], (cls,), cal)
     val = Sample(f"{data.name} validation {val_z.start}-{val_z.stop - 1}", image[val_z], mask[None, val_z], (cls,), cal)
-    filters = int(overrides.pop("filters", 16 if preset == "cpu" else 32))  # type: ignore[call-overload]
+    given_filters = overrides.pop("filters", None)
+    filters = int(given_filters if given_filters is not None else 16 if preset == "cpu" else 32)  # type: ignore[call-overload]
     model = ModelConfig(classes=(cls,), filters=filters)
     plan_text = ""
     if preset == "plan":
+        # options go to the planner, as `emseg train` gives them: it measures the step time of the
+        # model it will train (a --filters override changes the steps that fit) and lists them
         base = TrainConfig(seed=seed, device=device, val_steps=8)
-        plan = plan_training(fingerprint([train]), classes=(cls,), time_limit_minutes=minutes, device=device, base=base)
+        plan = plan_training(fingerprint([train]), classes=(cls,), time_limit_minutes=minutes, device=device, base=base,
+                             model_overrides=None if given_filters is None else {"filters": filters},
+                             train_overrides=overrides)
         plan_text = plan.describe()
         print(plan_text, flush=True)
         model, cfg = plan.model_config((cls,)), plan.train_config(base)
+        overrides = {}
     elif preset == "cpu":
         cfg = TrainConfig(epochs=1000, steps_per_epoch=100, batch_size=8, patch_size=(256, 256), learning_rate=2e-3,
                           lr_schedule="cosine", loss="dice_ce", label_focus=0.5, val_steps=8, seed=seed, device=device,
@@ -96,9 +102,6 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
     else:
         cfg = TrainConfig(seed=seed, device=device, time_limit_minutes=minutes)
     cfg = cfg.replace(**overrides)
-    if plan_text and overrides:  # the plan printed above is the planner's; these replace parts of it
-        plan_text += "\n  - overridden on the command line: " + ", ".join(f"{k} {v}" for k, v in overrides.items())
-        print(plan_text.splitlines()[-1], flush=True)
     model_dir = workdir / f"model_{cls}_{preset}"
     t0 = time.monotonic()
     result = train_model([train], model_dir, model_config=model, config=cfg, val_samples=[val],
