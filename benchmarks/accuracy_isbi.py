@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy_vnc import ROOT, run_class  # noqa: E402
+from accuracy_vnc import ROOT, add_override_args, overrides_from, run_class  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "isbi2012"
 SPLIT = (slice(0, 20), slice(20, 25), slice(25, 30))
@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget per preset (default 20)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hard-fraction", type=float, help="error-driven sampling: share of patches at hard examples")
+    add_override_args(parser)
     parser.add_argument("--keep", metavar="DIR", help="keep models and predictions in DIR")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args()
@@ -46,7 +46,7 @@ def main() -> int:
         for preset in args.preset:
             print(f"== membrane: preset {preset}, budget {args.minutes:g} min", flush=True)
             rows.append(run_class("membrane", preset, args.minutes, args.device, work, args.seed, args.quiet,
-                                  {} if args.hard_fraction is None else {"hard_fraction": args.hard_fraction}, False,
+                                  overrides_from(args), False,
                                   data=DATA, split=SPLIT))
             print(json.dumps(rows[-1]), flush=True)
     print("\nclass     preset  hard  F1     IoU    precision recall  train")

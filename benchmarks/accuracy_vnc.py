@@ -122,6 +122,25 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
             "hard_fraction": cfg.hard_fraction, "plan": plan_text}
 
 
+#: Command-line overrides of a preset: (option, TrainConfig/ModelConfig field, type, help).
+OVERRIDES = (("--loss", "loss", str, "override the preset's loss (e.g. dice_ce)"),
+             ("--label-focus", "label_focus", float, "override the preset's label focus"),
+             ("--filters", "filters", int, "override the preset's filters"),
+             ("--batch-size", "batch_size", int, "override the preset's batch size (the planner then fits more or fewer steps)"),
+             ("--hard-fraction", "hard_fraction", float, "error-driven sampling: share of patches at hard examples"))
+
+
+def add_override_args(parser: argparse.ArgumentParser) -> None:
+    """The options that replace parts of a preset (shared with accuracy_isbi.py)."""
+    for flag, dest, kind, text in OVERRIDES:
+        parser.add_argument(flag, dest=dest, type=kind, help=text)
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, object]:
+    """The overrides given on the command line, fresh for each run (run_class consumes ``filters``)."""
+    return {dest: getattr(args, dest) for _, dest, _, _ in OVERRIDES if getattr(args, dest) is not None}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", nargs="+", default=["mito", "membrane"], choices=["mito", "membrane", "synapse",
@@ -132,10 +151,7 @@ def main() -> int:
     parser.add_argument("--no-limit", action="store_true", help="no time budget (the default preset's full schedule)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--loss", help="override the preset's loss (e.g. dice_ce)")
-    parser.add_argument("--label-focus", type=float, help="override the preset's label focus")
-    parser.add_argument("--filters", type=int, help="override the preset's filters")
-    parser.add_argument("--hard-fraction", type=float, help="error-driven sampling: share of patches at hard examples")
+    add_override_args(parser)
     parser.add_argument("--tta", action="store_true", help="predict the test slices with test-time augmentation")
     parser.add_argument("--keep", metavar="DIR", help="keep models and predictions in DIR (default: a temporary folder)")
     parser.add_argument("-q", "--quiet", action="store_true")
@@ -157,10 +173,8 @@ def main() -> int:
             for preset in presets:
                 minutes = None if args.no_limit else budgets.get(cls)
                 print(f"== {cls}: preset {preset}, budget {minutes if minutes else 'none'} min", flush=True)
-                overrides: dict[str, object] = {k: v for k, v in (("loss", args.loss), ("label_focus", args.label_focus),
-                                                                  ("filters", args.filters),
-                                                                  ("hard_fraction", args.hard_fraction)) if v is not None}
-                rows.append(run_class(cls, preset, minutes, args.device, work, args.seed, args.quiet, overrides, args.tta))
+                rows.append(run_class(cls, preset, minutes, args.device, work, args.seed, args.quiet, overrides_from(args),
+                                      args.tta))
                 print(json.dumps(rows[-1]), flush=True)
     print("\nclass     preset  hard  F1     IoU    prec   recall F1/slice        train   | DeepSCEM F1  IoU   (min) | target")
     for r in rows:
