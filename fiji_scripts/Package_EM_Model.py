@@ -7,6 +7,9 @@
 #@ String (persist=false, label="Licence (SPDX id)", value="CC-BY-4.0", description="The licence of the weights, e.g. CC-BY-4.0, MIT") license
 #@ String (persist=false, label="Description (optional)", value="", description="One sentence on what the model segments and in which data; empty: generated from the model") description
 #@ Boolean (persist=false, label="Output masks (thresholds as postprocessing)", value=false, description="Sigmoid models: consumers such as deepImageJ get 0/1 masks at the model's thresholds instead of probability maps") masks
+#@ String (persist=false, label="Weight formats (comma-separated)", value="onnx, torchscript, pytorch_state_dict", description="Which weights the package carries: onnx (deepImageJ, ilastik), torchscript, pytorch_state_dict (napari, bioimageio.core); fewer make a smaller package") weights
+#@ Integer (persist=false, label="Test crop, Y and X (0: 256; 3D: 96)", value=0, min=0, description="Size in pixels of the centred crop of the sample that becomes the package's test input; rounded to what the model accepts") crop_xy
+#@ Integer (persist=false, label="Test crop, slices (3D models; 0: 16)", value=0, min=0, description="Slices in the test crop of a 3D model; 2D models use one slice") crop_z
 #@ Boolean (persist=false, label="Replace an existing package file", value=false) overwrite
 #@output String status
 #@output String package_path
@@ -20,7 +23,8 @@ _result = package_command(
     model_folder="" if model_folder is None else str(model_folder), image=image,
     image_file=str(image_file), package_file="" if package_file is None else str(package_file),
     authors=str(authors), license=str(license), description=str(description), masks=bool(masks),
-    overwrite=bool(overwrite), module=globals().get("org.scijava.script.ScriptModule"))
+    weights=str(weights), crop_xy=int(crop_xy), crop_z=int(crop_z), overwrite=bool(overwrite),
+    module=globals().get("org.scijava.script.ScriptModule"))
 status = _result["status"]
 package_path = _result["package_path"]
 del _result

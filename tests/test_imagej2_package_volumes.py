@@ -11,9 +11,11 @@ within the time budget the dialog gives.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shlex
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +77,7 @@ def session(ij2_fiji: tuple[Path, str], crop: dict[str, Path], model: Path,  # n
             "use_gpu": False}},
         {"kind": "macro", "code": f"setBatchMode(true); open('{image}'); rename('stack'); "  # 3
             f"run('Package EM Model', 'model_folder=[{model}] image=stack package_file=[{pkg2}] "
-            "authors=[Macro User] masks=true'); return 'packaged';"},
+            "authors=[Macro User] masks=true weights=onnx crop_xy=64'); return 'packaged';"},
         {"kind": "script", "name": "Package_EM_Model.py", "inputs": {  # 4: exists, no overwrite
             "model_folder": str(model), "image_file": image, "package_file": str(pkg)}},
         {"kind": "script", "name": "Package_EM_Model.py", "inputs": {  # 5: not a .zip
@@ -96,6 +98,9 @@ def session(ij2_fiji: tuple[Path, str], crop: dict[str, Path], model: Path,  # n
             "image_file": image, "mask_files": str(crop["mito"]), "model_folder": str(default_model),
             "plan": "none", "epochs": 1, "steps": 1, "batch_size": 1, "patch_size": 64, "seed": 1,
             "use_gpu": False}},
+        {"kind": "script", "name": "Package_EM_Model.py", "inputs": {  # 11: a weight format we do not write
+            "model_folder": str(model), "image_file": image, "package_file": str(work / "tf.zip"),
+            "weights": "onnx, tensorflow_saved_model_bundle"}},
     ]
     rc, results, texts = run_driver(app, work / "home", steps, work / "driver", timeout=600)
     return {"rc": rc, "results": results, "texts": texts, "work": work, "pkg": pkg, "pkg2": pkg2,
@@ -135,6 +140,16 @@ def test_package_command_writes_a_package_the_bioimageio_validator_passes(sessio
     macro_descr = load_description(session["pkg2"], perform_io_checks=False)
     assert [a.name for a in macro_descr.authors] == ["Macro User"]
     assert "binarize" in json.dumps(macro_descr.model_dump(mode="json")["outputs"][0]["postprocessing"])
+    # the macro's weights=onnx crop_xy=64: ONNX weights only, a 64 x 64 test input (the dialog's
+    # default, all three formats and 256 px, is what step 0 wrote: the crop's whole 128 x 128)
+    assert macro_descr.weights.onnx is not None
+    assert macro_descr.weights.torchscript is None and macro_descr.weights.pytorch_state_dict is None
+    assert descr.weights.torchscript is not None and descr.weights.pytorch_state_dict is not None
+    for d, pkg, side in ((macro_descr, session["pkg2"], 64), (descr, session["pkg"], 128)):
+        with zipfile.ZipFile(pkg) as z:
+            test_input = np.load(io.BytesIO(z.read(Path(str(d.inputs[0].test_tensor.source)).name)))
+        assert test_input.shape[-2:] == (side, side), (pkg, test_input.shape)
+    assert session["pkg2"].stat().st_size < session["pkg"].stat().st_size
 
 
 def test_predict_runs_a_package_like_the_model_folder(session: dict[str, Any], model: Path) -> None:
@@ -174,6 +189,7 @@ def test_predict_writes_an_ome_zarr_volume_block_wise_equal_to_predict(session: 
     (5, "a bioimage.io package is a .zip file"),
     (7, "output_folder is empty; an OME-Zarr/N5 volume"),
     (8, "give one"),
+    (11, "unknown weight format tensorflow_saved_model_bundle; give a comma-separated list of onnx, torchscript"),
 ])
 def test_bad_package_and_volume_inputs_give_one_error_line_and_write_nothing(session: dict[str, Any], step: int,
                                                                             needle: str) -> None:
@@ -181,6 +197,7 @@ def test_bad_package_and_volume_inputs_give_one_error_line_and_write_nothing(ses
     _one_error_line(session, step, needle)
     assert session["pkg"].stat().st_mtime_ns == before  # the existing package was left alone
     assert not (session["work"] / "mito.txt").exists() and not (session["work"] / "never").exists()
+    assert not (session["work"] / "tf.zip").exists()
 
 
 def test_train_plans_itself_within_the_time_budget_and_takes_given_settings(session: dict[str, Any]) -> None:

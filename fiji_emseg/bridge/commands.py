@@ -846,19 +846,31 @@ def measure_command(*, masks: str = "", mask_files: str = "", classes: str = "",
 
 def package_command(*, model_folder: str = "", image: Any = None, image_file: str = "", package_file: str = "",
                     authors: str = "", license: str = "CC-BY-4.0", description: str = "", masks: bool = False,
+                    weights: str = "onnx, torchscript, pytorch_state_dict", crop_xy: int = 0, crop_z: int = 0,
                     overwrite: bool = False, module: Any = None) -> dict[str, str]:
     """Write a model folder as a bioimage.io package (``.zip``); returns ``status`` and ``package_path``.
 
     The sample (the image window, or ``image_file``) is a stack like the training data: a crop of
     it becomes the test input, and our predictor's output on it the test output that deepImageJ,
     ``bioimageio test`` and the Model Zoo reproduce. ``masks`` declares a sigmoid model's
-    thresholds as postprocessing (0/1 masks instead of probability maps).
+    thresholds as postprocessing (0/1 masks instead of probability maps). ``weights`` names the
+    weight formats to include (comma-separated; empty: all); ``crop_xy``/``crop_z`` size the test
+    crop (0: 256 px in 2D, 96 x 96 x 16 in 3D): a smaller crop makes a smaller package.
     """
     target = _text(package_file)
 
     def work() -> dict[str, str]:
         from ..api import package
+        from ..export.bioimageio_package import WEIGHT_FORMATS
 
+        formats = tuple(dict.fromkeys(f.lower() for f in split_list(weights))) or WEIGHT_FORMATS
+        unknown = [f for f in formats if f not in WEIGHT_FORMATS]
+        if unknown:
+            raise ConfigError(f"unknown weight format {', '.join(unknown)}; give a comma-separated list of "
+                              f"{', '.join(WEIGHT_FORMATS)} (onnx for deepImageJ and ilastik)")
+        if int(crop_xy) < 0 or int(crop_z) < 0:
+            raise ConfigError(f"test crop sizes must be 0 (default) or positive voxels, got XY {crop_xy}, Z {crop_z}")
+        crop = (int(crop_z), int(crop_xy), int(crop_xy)) if int(crop_xy) or int(crop_z) else None
         folder = _text(model_folder)
         if not folder or not (Path(folder) / "config.json").is_file():
             raise ModelFileError(f"model folder {folder or '(empty)'} holds no model (no config.json); choose the "
@@ -887,7 +899,7 @@ def package_command(*, model_folder: str = "", image: Any = None, image_file: st
         jclass("ij.IJ").showStatus(f"{PACKAGE_TITLE}: exporting weights and checking the package")
         report = package(Path(folder), out, sample, authors=tuple(split_list(authors)),
                          license=_text(license) or "CC-BY-4.0", description=_text(description) or None,
-                         masks=bool(masks), overwrite=bool(overwrite),
+                         masks=bool(masks), weight_formats=formats, crop=crop, overwrite=bool(overwrite),
                          log=lambda text: ij_log(f"{PACKAGE_TITLE}: {text}"))
         jclass("ij.IJ").showStatus("")
         for note in report.notes:

@@ -49,6 +49,8 @@ __all__ = ["DEEPIMAGEJ_IR_VERSION", "DEEPIMAGEJ_OPSET", "PackageReport", "archit
 DEEPIMAGEJ_OPSET = 17
 DEEPIMAGEJ_IR_VERSION = 8
 WEIGHT_FORMATS = ("onnx", "torchscript", "pytorch_state_dict")
+#: Test crop (z, y, x) per model dimensionality, where the caller gives none.
+DEFAULT_CROP = {2: (1, 256, 256), 3: (16, 96, 96)}
 ARCH_FILE = "emseg_unet.py"
 ARCH_CALLABLE = "EmsegUNet"
 _UNITS = {"nm": "nanometer", "nanometer": "nanometer", "um": "micrometer", "µm": "micrometer", "micron": "micrometer",
@@ -113,16 +115,21 @@ def _min_sizes(info: ModelInfo) -> tuple[tuple[int, int, int], tuple[int, int, i
 
 
 def _crop(image: Any, info: ModelInfo, crop: tuple[int, ...] | None) -> np.ndarray:
-    """A centred crop (Z, Y, X) of real data that fits the declared sizes (multiples of the step)."""
+    """A centred crop (Z, Y, X) of real data that fits the declared sizes (multiples of the step).
+
+    ``crop`` is (Y, X) or (Z, Y, X); None, or 0 on an axis, keeps :data:`DEFAULT_CROP` there
+    (Fiji's dialog has one number for Y and X and one for Z, each 0 when left alone).
+    """
     mc = info.model
     mins, step = _min_sizes(info)
+    default = DEFAULT_CROP[mc.dims]
+    if crop is not None and (len(crop) not in (2, 3) or any(int(v) < 0 for v in crop)):
+        raise ConfigError(f"test crop {tuple(crop)}: give Y X or Z Y X sizes in voxels (0 keeps the default {default})")
     vol = open_volume(image)
     try:
         shape = tuple(int(s) for s in vol.shape)
-        if crop is None:
-            want = (1, 256, 256) if mc.dims == 2 else (16, 96, 96)
-        else:
-            want = (1, *crop) if len(crop) == 2 else tuple(crop)  # type: ignore[assignment]
+        given = (0, 0, 0) if crop is None else (0, *crop) if len(crop) == 2 else tuple(crop)
+        want = tuple(int(g) or d for g, d in zip(given, default, strict=True))
         size = []
         for ax, (w, n, m, s) in enumerate(zip(want, shape, mins, step, strict=True)):
             if mc.dims == 2 and ax == 0:
@@ -211,7 +218,8 @@ def package_model(model: str | Path, output: str | Path, sample: Any, *, crop: t
         raise ConfigError(f"{out}: a bioimage.io package is a .zip file; name it e.g. {out.with_suffix('.zip').name}")
     unknown = set(weight_formats) - set(WEIGHT_FORMATS)
     if unknown or not weight_formats:
-        raise ConfigError(f"unknown weight formats {sorted(unknown)}; choose from {', '.join(WEIGHT_FORMATS)}")
+        what = f"unknown weight formats {sorted(unknown)}" if unknown else "no weight format given"
+        raise ConfigError(f"{what}; choose from {', '.join(WEIGHT_FORMATS)}")
     if out.exists() and not overwrite:
         raise OutputError(f"{out} exists; choose another name or pass --overwrite")
     say = log or (lambda _m: None)
