@@ -49,9 +49,9 @@ def main() -> int:
                                   overrides_from(args), False,
                                   data=DATA, split=SPLIT))
             print(json.dumps(rows[-1]), flush=True)
-    print("\nclass     preset  hard  F1     IoU    precision recall  train")
+    print("\nclass     preset  hard  spat  F1     IoU    precision recall  train")
     for r in rows:
-        print(f"{r['class']:9s} {r['preset']:7s} {r['hard_fraction']:.2f}  {r['f1']:.3f}  {r['iou']:.3f}  {r['precision']:.3f}     "
+        print(f"{r['class']:9s} {r['preset']:7s} {r['hard_fraction']:.2f}  {r['p_spatial']:.2f}  {r['f1']:.3f}  {r['iou']:.3f}  {r['precision']:.3f}     "
               f"{r['recall']:.3f}   {r['train_minutes']:.1f} min")
     return 0
 

@@ -33,6 +33,7 @@ Presets:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -81,6 +82,7 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
     train = Sample(f"{data.name} train {train_z.start}-{train_z.stop - 1}", image[train_z], mask[None, train_z], (cls,), cal)
     val = Sample(f"{data.name} validation {val_z.start}-{val_z.stop - 1}", image[val_z], mask[None, val_z], (cls,), cal)
     given_filters = overrides.pop("filters", None)
+    p_spatial = overrides.pop("p_spatial", None)  # an augmentation setting, not a TrainConfig field
     filters = int(given_filters if given_filters is not None else 16 if preset == "cpu" else 32)  # type: ignore[call-overload]
     model = ModelConfig(classes=(cls,), filters=filters)
     plan_text = ""
@@ -102,6 +104,8 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
     else:
         cfg = TrainConfig(seed=seed, device=device, time_limit_minutes=minutes)
     cfg = cfg.replace(**overrides)
+    if p_spatial is not None:
+        cfg = cfg.replace(augment=dataclasses.replace(cfg.augment, p_spatial=float(p_spatial)))  # type: ignore[arg-type]
     model_dir = workdir / f"model_{cls}_{preset}"
     t0 = time.monotonic()
     result = train_model([train], model_dir, model_config=model, config=cfg, val_samples=[val],
@@ -119,7 +123,7 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
             "status": result.status, "device": result.device, "model": model.name,
             "predict_voxels_per_s": pred.voxels_per_second, "preset": preset,
             "patch_size": list(cfg.patch_size), "filters": model.filters, "dims": model.dims,
-            "hard_fraction": cfg.hard_fraction, "plan": plan_text}
+            "hard_fraction": cfg.hard_fraction, "p_spatial": cfg.augment.p_spatial, "plan": plan_text}
 
 
 #: Command-line overrides of a preset: (option, TrainConfig/ModelConfig field, type, help).
@@ -127,7 +131,8 @@ OVERRIDES = (("--loss", "loss", str, "override the preset's loss (e.g. dice_ce)"
              ("--label-focus", "label_focus", float, "override the preset's label focus"),
              ("--filters", "filters", int, "override the preset's filters"),
              ("--batch-size", "batch_size", int, "override the preset's batch size (the planner then fits more or fewer steps)"),
-             ("--hard-fraction", "hard_fraction", float, "error-driven sampling: share of patches at hard examples"))
+             ("--hard-fraction", "hard_fraction", float, "error-driven sampling: share of patches at hard examples"),
+             ("--spatial", "p_spatial", float, "share of patches given a random rotation, zoom and elastic deformation"))
 
 
 def add_override_args(parser: argparse.ArgumentParser) -> None:
@@ -176,7 +181,7 @@ def main() -> int:
                 rows.append(run_class(cls, preset, minutes, args.device, work, args.seed, args.quiet, overrides_from(args),
                                       args.tta))
                 print(json.dumps(rows[-1]), flush=True)
-    print("\nclass     preset  hard  F1     IoU    prec   recall F1/slice        train   | DeepSCEM F1  IoU   (min) | target")
+    print("\nclass     preset  hard  spat  F1     IoU    prec   recall F1/slice        train   | DeepSCEM F1  IoU   (min) | target")
     for r in rows:
         ref = REFERENCE.get(str(r["class"]))
         cpu_target = (PLAN_TARGET if r["preset"] == "plan" else CPU_TARGET).get(str(r["class"]))
@@ -187,7 +192,7 @@ def main() -> int:
             goal = GPU_TARGET[r["class"]] if gpu else cpu_target[0]
             met = "met" if float(r["f1"]) >= goal else "NOT met"
         ref_txt = f"{ref[0]:.3f}  {ref[1]:.3f} ({ref[2]})" if ref else ""
-        print(f"{r['class']:9s} {r['preset']:7s} {r['hard_fraction']:.2f}  {r['f1']:.3f}  {r['iou']:.3f}  {r['precision']:.3f}  "
+        print(f"{r['class']:9s} {r['preset']:7s} {r['hard_fraction']:.2f}  {r['p_spatial']:.2f}  {r['f1']:.3f}  {r['iou']:.3f}  {r['precision']:.3f}  "
               f"{r['recall']:.3f}  {r['f1_slice_mean']:.3f}±{r['f1_slice_std']:.3f}  "
               f"{r['train_minutes']:5.1f} min | {ref_txt:22s} | {tgt} {met}")
         if ref:

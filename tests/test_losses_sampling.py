@@ -154,6 +154,66 @@ def test_augmentation_keeps_image_target_and_mask_aligned() -> None:
     assert not np.allclose(im, image) and np.array_equal(tg, target)
 
 
+def _blobs(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """A smooth random field: objects wide enough that resampling moves only their boundaries."""
+    from scipy import ndimage as ndi
+
+    field = ndi.gaussian_filter(np.random.default_rng(seed).normal(size=shape), 4.0)
+    return ((field - field.min()) / (field.max() - field.min())).astype(np.float32)
+
+
+def test_spatial_augmentation_moves_image_target_and_mask_together() -> None:
+    image = _blobs((1, 96, 96), 0)
+    target = np.stack([(image > 0.5), (image > 0.6)]).astype(np.uint8)  # (C, Z, Y, X), functions of the image
+    valid = image > 0.2
+    cfg = AugmentConfig(flips=False, rot90=False, flip_z=False, p_intensity=0.0, p_spatial=1.0)
+    rng = np.random.default_rng(1)
+    changed = []
+    for _ in range(10):
+        im, tg, va = augment_patch(image, target, valid, cfg, rng)
+        assert im.shape == image.shape and tg.shape == target.shape and tg.dtype == np.uint8
+        assert set(np.unique(tg)) <= {0, 1} and va is not None and va.dtype == bool
+        # linear image vs nearest masks: they disagree only on a thin boundary
+        assert np.mean(tg[0] != (im > 0.5)) < 0.03 and np.mean(tg[1] != (im > 0.6)) < 0.03
+        assert np.mean(va != (im > 0.2)) < 0.03
+        changed.append(np.mean(tg[0] != target[0]))
+    assert min(changed) > 0.02  # every patch was really moved
+    # no transform at all: rotation 0, zoom 1, no elastic -> exactly the input
+    still = AugmentConfig(flips=False, rot90=False, flip_z=False, p_intensity=0.0, p_spatial=1.0, rotation=0.0,
+                          scale=0.0, elastic=0.0)
+    im, tg, va = augment_patch(image, target, valid, still, rng)
+    assert np.array_equal(im, image) and np.array_equal(tg, target) and np.array_equal(va, valid)
+    # the same seed, the same patch; p_spatial 0 draws no random numbers (old seeds keep their patches)
+    a = augment_patch(image, target, None, cfg, np.random.default_rng(5))[0]
+    b = augment_patch(image, target, None, cfg, np.random.default_rng(5))[0]
+    assert np.array_equal(a, b)
+    r1, r2 = np.random.default_rng(7), np.random.default_rng(7)
+    augment_patch(image, target, None, AugmentConfig(), r1)
+    augment_patch(image, target, None, AugmentConfig(p_spatial=0.0, elastic=3.0), r2)
+    assert r1.random() == r2.random()
+
+
+def test_spatial_augmentation_of_a_3d_patch_is_the_same_for_every_slice_and_keeps_labels() -> None:
+    plane = _blobs((1, 64, 64), 2)
+    image = np.repeat(plane, 6, axis=0)
+    labels = np.digitize(image, [0.3, 0.6]).astype(np.int64)  # softmax targets: a label map 0/1/2
+    cfg = AugmentConfig(flips=False, rot90=False, flip_z=False, p_intensity=0.0, p_spatial=1.0)
+    im, tg, _ = augment_patch(image, labels, None, cfg, np.random.default_rng(3))
+    assert all(np.array_equal(im[0], im[z]) for z in range(6)) and all(np.array_equal(tg[0], tg[z]) for z in range(6))
+    assert set(np.unique(tg)) <= {0, 1, 2} and tg.dtype == np.int64
+
+
+def test_spatial_augmentation_settings_are_checked_and_saved() -> None:
+    cfg = AugmentConfig(p_spatial=0.3, rotation=45.0, scale=0.1, elastic=4.0)
+    assert AugmentConfig.from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("p_spatial", "rotation", "scale", "elastic")}
+    assert AugmentConfig.from_dict(old).p_spatial == 0.0  # a config.json from before: no spatial transform
+    for bad, match in (({"p_spatial": 1.5}, "p_spatial must be a probability"), ({"rotation": 270.0}, "0 to 180"),
+                       ({"scale": 1.0}, "scale must be in"), ({"elastic": -1.0}, "elastic must be")):
+        with pytest.raises(ConfigError, match=match):
+            AugmentConfig(**bad)
+
+
 def test_batch_stream_resumes_the_same_sequence() -> None:
     vol = TrainingVolume.prepare(_sparse_sample(), NormalizationConfig(), "sigmoid")
     sampler = PatchSampler([vol], (16, 16), 0.8, AugmentConfig(), dims=2)
