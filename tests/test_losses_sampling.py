@@ -206,6 +206,9 @@ def test_spatial_augmentation_of_a_3d_patch_is_the_same_for_every_slice_and_keep
 def test_spatial_augmentation_settings_are_checked_and_saved() -> None:
     cfg = AugmentConfig(p_spatial=0.3, rotation=45.0, scale=0.1, elastic=4.0)
     assert AugmentConfig.from_dict(cfg.to_dict()) == cfg
+    from fiji_emseg.engine.training.train_config import TrainConfig
+
+    assert TrainConfig().replace(augment=cfg).augment == cfg  # an AugmentConfig, not only its dict
     old = {k: v for k, v in cfg.to_dict().items() if k not in ("p_spatial", "rotation", "scale", "elastic")}
     assert AugmentConfig.from_dict(old).p_spatial == 0.0  # a config.json from before: no spatial transform
     for bad, match in (({"p_spatial": 1.5}, "p_spatial must be a probability"), ({"rotation": 270.0}, "0 to 180"),

@@ -72,7 +72,10 @@ class AugmentConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> AugmentConfig:
+    def from_dict(cls, d: dict[str, Any] | AugmentConfig | None) -> AugmentConfig:
+        """From a config.json entry; an AugmentConfig passes through (``TrainConfig.replace(augment=...)``)."""
+        if isinstance(d, AugmentConfig):
+            return d
         return cls(**(d or {}))
 
 
