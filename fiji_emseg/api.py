@@ -85,7 +85,7 @@ class TrainRequest:
         patch = tuple(a.patch_size) if a.patch_size else ((256, 256) if dims == 2 else (32, 128, 128))
         augment = AugmentConfig.none() if a.no_augment else AugmentConfig(
             flips=not a.no_flips, rot90=not a.no_rot90, brightness=a.brightness, contrast=a.contrast,
-            gamma=a.gamma, noise=a.noise)
+            gamma=a.gamma, noise=a.noise, p_spatial=a.spatial)
         train_cfg = TrainConfig(
             epochs=64 if a.epochs is None else a.epochs, steps_per_epoch=a.steps or 256, batch_size=a.batch_size or 8, patch_size=patch,
             loss=a.loss or "dice", class_weights=tuple(a.class_weights) if a.class_weights else None,

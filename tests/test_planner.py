@@ -135,7 +135,7 @@ def test_explicit_options_override_the_plan(tmp_path: Path) -> None:
     s = discs((10, 128, 128), 10, 4, (50.0, 5.0, 5.0))
     args = build_parser().parse_args([
         "train", str(tmp_path / "m"), "--image", "x.tif", "--masks", "y.tif", "--filters", "4", "--depth", "2",
-        "--patch-size", "64", "64", "--batch-size", "2", "--loss", "dice", "--time-limit", "1"])
+        "--patch-size", "64", "64", "--batch-size", "2", "--loss", "dice", "--time-limit", "1", "--spatial", "0.3"])
     request = TrainRequest.from_cli(args)
     assert request.plan == "auto"
     assert request.model_overrides == {"filters": 4, "depth": 2}
@@ -144,6 +144,7 @@ def test_explicit_options_override_the_plan(tmp_path: Path) -> None:
     assert model_kw["filters"] == 4 and model_kw["depth"] == 2 and model_kw["dims"] == 2
     assert cfg.patch_size == (64, 64) and cfg.batch_size == 2 and cfg.loss == "dice"
     assert cfg.label_focus == 0.5 and cfg.learning_rate == 2e-3  # not given: planned
+    assert cfg.augment.p_spatial == 0.3  # augmentation is not planned: the plan keeps what was given
     assert sorted(plan.overridden) == ["batch_size", "depth", "filters", "loss", "patch_size"]
     none = TrainRequest.from_cli(build_parser().parse_args(["train", "m", "--image", "x", "--masks", "y", "--plan", "none"]))
     assert none.plan == "none" and none.train == TrainConfig(seed=None) and none.model["filters"] == 32

