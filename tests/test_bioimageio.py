@@ -7,6 +7,7 @@ reproduction of the test tensors). The round trip runs on a real crop of ../shar
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -25,7 +26,7 @@ from fiji_emseg.engine.models.model_config import ModelConfig
 from fiji_emseg.engine.models.model_store import read_model_info
 from fiji_emseg.engine.training.train_config import TrainConfig
 from fiji_emseg.engine.training.trainer import train_model
-from fiji_emseg.errors import InputDataError, ModelFileError
+from fiji_emseg.errors import ConfigError, InputDataError, ModelFileError
 from fiji_emseg.export.bioimageio_package import DEEPIMAGEJ_IR_VERSION, DEEPIMAGEJ_OPSET, package_model
 
 VNC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vnc_sstem" / "image.tif"
@@ -256,6 +257,26 @@ def test_package_refuses_to_overwrite_and_a_too_small_sample(packaged: dict, tmp
     with pytest.raises(InputDataError, match="larger --sample"):
         package_model(folder, tmp_path / "small.zip", image[:1, :8, :8])
     assert not (tmp_path / "small.zip").exists()
+
+
+def test_package_crop_keeps_the_default_on_axes_given_as_0_and_weight_formats_are_checked(
+        packaged: dict, tmp_path: Path) -> None:
+    from bioimageio.spec import load_description
+
+    folder, _, image = packaged["2d_sigmoid"]
+    small = package_model(folder, tmp_path / "small.zip", image, crop=(0, 32), weight_formats=("onnx",)).path
+    descr = load_description(small, perform_io_checks=False)
+    with zipfile.ZipFile(small) as z:
+        test_input = np.load(io.BytesIO(z.read(Path(str(descr.inputs[0].test_tensor.source)).name)))
+        assert not any(name.endswith((".pt", ".pth", ".safetensors")) for name in z.namelist())
+    assert test_input.shape[-2:] == (64, 32)  # Y 0: the 256 default, bounded by the 64 px stack
+    assert descr.weights.onnx is not None and descr.weights.torchscript is None
+    for bad, kwargs in (("give Y X or Z Y X sizes", {"crop": (-1, 32)}), ("give Y X or Z Y X", {"crop": (32,)}),
+                        ("no weight format given", {"weight_formats": ()}),
+                        ("unknown weight formats", {"weight_formats": ("keras_hdf5",)})):
+        with pytest.raises(ConfigError, match=bad):
+            package_model(folder, tmp_path / "bad.zip", image, **kwargs)
+        assert not (tmp_path / "bad.zip").exists()
 
 
 @pytest.mark.slow

@@ -189,7 +189,7 @@ def test_predict_writes_an_ome_zarr_volume_block_wise_equal_to_predict(session: 
     (5, "a bioimage.io package is a .zip file"),
     (7, "output_folder is empty; an OME-Zarr/N5 volume"),
     (8, "give one"),
-    (11, "unknown weight format tensorflow_saved_model_bundle; give a comma-separated list of onnx, torchscript"),
+    (11, "unknown weight formats ['tensorflow_saved_model_bundle']; choose from onnx, torchscript, pytorch_state_dict"),
 ])
 def test_bad_package_and_volume_inputs_give_one_error_line_and_write_nothing(session: dict[str, Any], step: int,
                                                                             needle: str) -> None:

@@ -863,13 +863,8 @@ def package_command(*, model_folder: str = "", image: Any = None, image_file: st
         from ..api import package
         from ..export.bioimageio_package import WEIGHT_FORMATS
 
+        # package() checks the names and sizes, before it writes anything
         formats = tuple(dict.fromkeys(f.lower() for f in split_list(weights))) or WEIGHT_FORMATS
-        unknown = [f for f in formats if f not in WEIGHT_FORMATS]
-        if unknown:
-            raise ConfigError(f"unknown weight format {', '.join(unknown)}; give a comma-separated list of "
-                              f"{', '.join(WEIGHT_FORMATS)} (onnx for deepImageJ and ilastik)")
-        if int(crop_xy) < 0 or int(crop_z) < 0:
-            raise ConfigError(f"test crop sizes must be 0 (default) or positive voxels, got XY {crop_xy}, Z {crop_z}")
         crop = (int(crop_z), int(crop_xy), int(crop_xy)) if int(crop_xy) or int(crop_z) else None
         folder = _text(model_folder)
         if not folder or not (Path(folder) / "config.json").is_file():

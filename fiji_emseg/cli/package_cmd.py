@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("model", metavar="MODEL", help="model folder")
     p.add_argument("-o", "--output", required=True, metavar="NAME.zip", help="the package to write")
     p.add_argument("--sample", required=True, metavar="STACK", help="a stack like the training data; a crop becomes the test tensors")
-    p.add_argument("--crop", nargs="+", type=int, metavar="N", help="test crop size Y X (2D) or Z Y X (3D); default 256² / 16×96²")
+    p.add_argument("--crop", nargs="+", type=int, metavar="N", help="test crop size Y X (2D) or Z Y X (3D), 0 keeping the default on that axis; default 256² / 16×96²")
     p.add_argument("--author", action="append", default=[], help="author name (repeatable)")
     p.add_argument("--license", default="CC-BY-4.0", help="SPDX licence id (default CC-BY-4.0)")
     p.add_argument("--description", help="one-sentence description (default: generated)")
