@@ -13,8 +13,9 @@ What it decides, and why:
   annotated slices train 2D.
 - **Patch size**: four times the 90th-percentile object diameter (an object plus a ring of
   context on each side), and in 2D at least the network's measured receptive field (189 px at
-  depth 5: a smaller patch trains every voxel with zero padding in its view), at least 128 px, at most 256 px on a CPU (512 on a GPU), never larger
-  than the annotated region, a multiple of the network's spatial multiple.
+  depth 5: a smaller patch trains every voxel with zero padding in its view); at least 128 px,
+  at most 256 px on a CPU (512 on a GPU), never larger than the annotated region, a multiple of
+  the network's spatial multiple.
 - **Width and depth**: 16 filters on a CPU (the tuned CPU recipe: ~4x cheaper per step than 32,
   so ~4x more steps fit), 32 on a GPU; depth 5 in 2D (receptive field ~190 px), 4 in 3D.
 - **Batch**: 8 patches of 256² on a CPU (16 on a GPU), scaled to keep the voxels per step.
