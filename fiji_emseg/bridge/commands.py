@@ -865,7 +865,7 @@ def package_command(*, model_folder: str = "", image: Any = None, image_file: st
 
         # package() checks the names and sizes, before it writes anything
         formats = tuple(dict.fromkeys(f.lower() for f in split_list(weights))) or WEIGHT_FORMATS
-        crop = (int(crop_z), int(crop_xy), int(crop_xy)) if int(crop_xy) or int(crop_z) else None
+        crop = (int(crop_z), int(crop_xy), int(crop_xy))  # 0 on an axis: package()'s default there
         folder = _text(model_folder)
         if not folder or not (Path(folder) / "config.json").is_file():
             raise ModelFileError(f"model folder {folder or '(empty)'} holds no model (no config.json); choose the "
