@@ -82,6 +82,9 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
     train = Sample(f"{data.name} train {train_z.start}-{train_z.stop - 1}", image[train_z], mask[None, train_z], (cls,), cal)
     val = Sample(f"{data.name} validation {val_z.start}-{val_z.stop - 1}", image[val_z], mask[None, val_z], (cls,), cal)
     given_filters = overrides.pop("filters", None)
+    context = overrides.pop("slice_context", None)
+    if context and preset != "plan":
+        raise SystemExit("--slice-context is planned with --preset plan only")
     p_spatial = overrides.pop("p_spatial", None)  # an augmentation setting, not a TrainConfig field
     filters = int(given_filters if given_filters is not None else 16 if preset == "cpu" else 32)  # type: ignore[call-overload]
     model = ModelConfig(classes=(cls,), filters=filters)
@@ -91,7 +94,8 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
         # model it will train (a --filters override changes the steps that fit) and lists them
         base = TrainConfig(seed=seed, device=device, val_steps=8)
         plan = plan_training(fingerprint([train]), classes=(cls,), time_limit_minutes=minutes, device=device, base=base,
-                             model_overrides=None if given_filters is None else {"filters": filters},
+                             model_overrides={**({} if given_filters is None else {"filters": filters}),
+                                              **({"slice_context": context} if context else {})},
                              train_overrides=overrides)
         plan_text = plan.describe()
         print(plan_text, flush=True)
@@ -132,7 +136,8 @@ OVERRIDES = (("--loss", "loss", str, "override the preset's loss (e.g. dice_ce)"
              ("--filters", "filters", int, "override the preset's filters"),
              ("--batch-size", "batch_size", int, "override the preset's batch size (the planner then fits more or fewer steps)"),
              ("--hard-fraction", "hard_fraction", float, "error-driven sampling: share of patches at hard examples"),
-             ("--spatial", "p_spatial", float, "share of patches given a random rotation, zoom and elastic deformation"))
+             ("--spatial", "p_spatial", float, "share of patches given a random rotation, zoom and elastic deformation"),
+             ("--slice-context", "slice_context", int, "2.5D (--preset plan only): neighbouring slices on each side as input"))
 
 
 def add_override_args(parser: argparse.ArgumentParser) -> None:

@@ -29,13 +29,13 @@ from torch import nn
 
 from ...errors import ConfigError, ModelFileError
 from .model_config import ModelConfig
-from .unet import UNet
+from .unet import build_unet
 
 __all__ = ["build_model", "resolve_builder", "check_output_shape"]
 
 Builder = Callable[[ModelConfig], nn.Module]
 
-_BUILTIN: dict[str, Builder] = {"unet": UNet}
+_BUILTIN: dict[str, Builder] = {"unet": build_unet}
 
 
 def resolve_builder(architecture: str, trust_custom_code: bool = True) -> Builder:

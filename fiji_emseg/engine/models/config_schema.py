@@ -39,6 +39,7 @@ _MODEL = {
         "output": {"enum": ["sigmoid", "softmax"]},
         "in_channels": {**_INT, "minimum": 1, "maximum": 64},
         "z_poolings": {"type": ["integer", "null"], "minimum": 0},
+        "slice_context": {**_INT, "minimum": 0, "maximum": 3},
         "architecture": _STR,
         "extra": {"type": "object"},
     },

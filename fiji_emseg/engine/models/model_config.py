@@ -44,6 +44,11 @@ class ModelConfig:
     #: 3D only: how many of the (depth - 1) poolings also halve Z. Anisotropic ssTEM/SBF-SEM
     #: stacks (thick sections) usually want fewer Z poolings than XY poolings.
     z_poolings: int | None = None
+    #: 3D only, 2.5D networks: each output slice sees this many neighbouring slices on each side
+    #: as extra input channels of a 2D U-Net (:class:`~.unet.SliceContextUNet`); no Z pooling.
+    #: Thick ssTEM/SBF-SEM sections change too much between slices for 3D convolutions, yet a
+    #: neighbour tells an oblique membrane or an organelle's end from a look-alike.
+    slice_context: int = 0
     #: Name of a registered architecture (see :mod:`fiji_emseg.engine.architectures`).
     architecture: str = "unet"
     #: Free-form parameters for custom architectures; must be JSON-serialisable.
@@ -76,6 +81,16 @@ class ModelConfig:
         if self.z_poolings is not None and not 0 <= self.z_poolings <= self.depth - 1:
             raise ConfigError(f"z_poolings must be between 0 and depth-1 ({self.depth - 1}), got {self.z_poolings}")
 
+        if not 0 <= self.slice_context <= 3:
+            raise ConfigError(f"slice_context must be between 0 and 3 slices, got {self.slice_context}")
+        if self.slice_context and self.dims != 3:
+            raise ConfigError("slice_context (a 2.5D network) needs dims=3: it reads a stack of slices; "
+                              "set dims=3 or slice_context=0")
+        if self.slice_context and self.z_poolings:
+            raise ConfigError("a 2.5D network (slice_context > 0) does not pool in Z; set z_poolings=0")
+        if self.slice_context and self.architecture != "unet":
+            raise ConfigError("slice_context is a setting of the built-in 'unet' architecture")
+
     # ------------------------------------------------------------------ derived
 
     @property
@@ -93,7 +108,7 @@ class ModelConfig:
 
     @property
     def z_pool_count(self) -> int:
-        if self.dims == 2:
+        if self.dims == 2 or self.slice_context:
             return 0
         return self.poolings if self.z_poolings is None else self.z_poolings
 
@@ -108,7 +123,9 @@ class ModelConfig:
         """Short name that encodes dimension, filters and depth, e.g. ``unet2d_f32_d5``."""
         base = self.architecture if self.architecture != "unet" else "unet"
         suffix = "" if self.residual or self.architecture != "unet" else "_plain"
-        return f"{base}{self.dims}d_f{self.filters}_d{self.depth}{suffix}"
+        dims = "2.5" if self.slice_context else str(self.dims)
+        context = f"_s{self.slice_context}" if self.slice_context > 1 else ""
+        return f"{base}{dims}d_f{self.filters}_d{self.depth}{context}{suffix}"
 
     # ------------------------------------------------------------------ (de)serialisation
 

@@ -6,6 +6,7 @@ The network returns *logits*; the activation (sigmoid or softmax) is applied by
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import cast
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 
 from .model_config import ModelConfig
 
-__all__ = ["UNet", "ProbabilityHead", "count_parameters"]
+__all__ = ["UNet", "SliceContextUNet", "build_unet", "ProbabilityHead", "count_parameters"]
 
 
 def _conv(dims: int) -> type[nn.Module]:
@@ -123,6 +124,40 @@ class UNet(nn.Module):
             x = up(x)
             x = dec(torch.cat([skips.pop(), x], dim=1))
         return cast(torch.Tensor, self.head(x))
+
+
+class SliceContextUNet(nn.Module):
+    """A 2.5D U-Net: a 2D U-Net whose input channels are each slice and its neighbours.
+
+    It maps a stack ``(N, C, Z, Y, X)`` to logits ``(N, K, Z, Y, X)`` like a 3D network, so
+    training, tiled prediction, ONNX and bioimage.io export treat it as one (Z halo: the
+    measured receptive field, ``slice_context`` slices). Inside, every slice is stacked with
+    its ``s`` neighbours on each side, the stack's first and last slices repeated beyond its
+    ends (a neighbour that looks like the slice itself, not a black one), and the 2D U-Net runs
+    on the ``N * Z`` slices as one batch: a 3D network's context for a 2D network's cost.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.context = config.slice_context
+        width = 2 * self.context + 1
+        self.net = UNet(replace(config, dims=2, in_channels=config.in_channels * width, slice_context=0,
+                                z_poolings=None))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, z, y, w = x.shape
+        s = self.context
+        padded = torch.cat([x[:, :, :1]] * s + [x] + [x[:, :, -1:]] * s, dim=2)
+        stacked = torch.cat([padded[:, :, i:i + z] for i in range(2 * s + 1)], dim=1)  # (N, C*(2s+1), Z, Y, X)
+        flat = stacked.transpose(1, 2).reshape(n * z, c * (2 * s + 1), y, w)
+        out = self.net(flat)
+        return out.reshape(n, z, out.shape[1], y, w).transpose(1, 2)
+
+
+def build_unet(config: ModelConfig) -> nn.Module:
+    """The built-in architecture: a 2D/3D U-Net, or a 2.5D one when ``slice_context`` > 0."""
+    return SliceContextUNet(config) if config.slice_context else UNet(config)
 
 
 class ProbabilityHead(nn.Module):

@@ -60,6 +60,9 @@ MIN_3D_RUN = 16
 HARD_FRACTION = 0.25
 MIN_HARD_EPOCHS = 6
 
+#: Slices per training patch of a 2.5D network.
+SLICE_CONTEXT_DEPTH = 4
+
 StepTimer = Callable[[ModelConfig, TrainConfig], float]
 
 
@@ -144,7 +147,12 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
     if not time_limit_minutes:
         reasons.append(f"no time limit given: planned for {budget:g} min on this {kind.upper()} (give --time-limit to change it)")
 
-    # 2D or 3D
+    # 2D or 3D (a 2.5D network reads stacks, as a 3D one does)
+    slices = int(model_over.get("slice_context", 0))
+    if slices:
+        model_over.setdefault("dims", 3)
+        reasons.append(f"2.5D: each slice with {slices} neighbour{'s' if slices > 1 else ''} on each side as input "
+                       "channels of a 2D U-Net")
     if "dims" in model_over:
         dims = int(model_over["dims"])
     elif not fp.calibrated:
@@ -162,7 +170,8 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
         reasons.append(f"2D: {why}")
 
     filters = 32 if gpu else 16
-    depth = 5 if dims == 2 else 4
+    flat = dims == 2 or slices > 0  # in-plane rules for patch, depth and batch
+    depth = 5 if flat else 4
     reasons.append(f"{filters} filters, depth {depth}: " + ("a GPU affords the full width" if gpu else
                    "on a CPU a 16-filter net takes ~4x less per step than 32, so ~4x more steps fit the budget"))
     model = {"dims": dims, "depth": depth, "filters": filters}
@@ -175,7 +184,7 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
     cap = 512 if gpu else 256
     limit_y = min(fp.annotated_yx[0], *(s[1] for s in fp.image_shapes))
     limit_x = min(fp.annotated_yx[1], *(s[2] for s in fp.image_shapes))
-    if dims == 2:
+    if flat:
         # a patch smaller than the receptive field trains every voxel with zero padding in its view,
         # which the large tiles of prediction never show it (thin membranes would otherwise get 128 px)
         rf = measure_config_receptive_field(probe_model)
@@ -189,6 +198,14 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
                f"{context} px)")
         reasons.append(f"patch {py}x{px}: {why}, within 128-{cap} px and the annotated region ({limit_y}x{limit_x})")
         batch = max(2, min(32, round((16 if gpu else 8) * (256 * 256) / (py * px))))
+        if slices:
+            # a few slices per patch; the batch keeps the slices per step of the 2D plan
+            pz = min(SLICE_CONTEXT_DEPTH, fp.longest_annotated_run)
+            if pz < 1:
+                raise ConfigError("a 2.5D network needs annotated slices to train on; none were found")
+            patch = (pz, py, px)
+            batch = max(1, round(batch / pz))
+            reasons.append(f"2.5D patches of {pz} slices, batch {batch}: the slices per step of a 2D plan")
     else:
         xy = 128 if gpu else 96
         pz = _round_down(min(32 if gpu else MIN_3D_RUN, fp.longest_annotated_run), mult[0])
