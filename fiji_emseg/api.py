@@ -75,14 +75,16 @@ class TrainRequest:
     @classmethod
     def from_cli(cls, a: argparse.Namespace) -> TrainRequest:
         # Options the planner chooses are None unless given; given ones override the plan.
-        given_model = {k: v for k, v in (("dims", a.dims), ("depth", a.depth), ("filters", a.filters)) if v is not None}
+        given_model = {k: v for k, v in (("dims", a.dims), ("depth", a.depth), ("filters", a.filters),
+                                         ("slice_context", a.slice_context or None)) if v is not None}
         given_train = {k: v for k, v in (
             ("epochs", a.epochs), ("steps_per_epoch", a.steps), ("batch_size", a.batch_size),
             ("patch_size", tuple(a.patch_size) if a.patch_size else None), ("loss", a.loss), ("learning_rate", a.lr),
             ("lr_schedule", a.schedule), ("label_focus", a.label_focus), ("hard_fraction", a.hard_fraction))
             if v is not None}
-        dims = a.dims or 2
-        patch = tuple(a.patch_size) if a.patch_size else ((256, 256) if dims == 2 else (32, 128, 128))
+        dims = a.dims or (3 if a.slice_context else 2)
+        patch = tuple(a.patch_size) if a.patch_size else ((256, 256) if dims == 2 else (4, 256, 256) if a.slice_context
+                                                          else (32, 128, 128))
         augment = AugmentConfig.none() if a.no_augment else AugmentConfig(
             flips=not a.no_flips, rot90=not a.no_rot90, brightness=a.brightness, contrast=a.contrast,
             gamma=a.gamma, noise=a.noise, p_spatial=a.spatial)
@@ -108,6 +110,7 @@ class TrainRequest:
         model = {"dims": dims, "depth": a.depth or 5, "filters": a.filters or 32, "blocks_per_level": a.blocks,
                  "convs_per_block": a.convs, "residual": not a.plain, "norm": a.norm_layer, "dropout": a.dropout,
                  "kernel_size": a.kernel_size, "output": a.output, "z_poolings": a.z_poolings,
+                 "slice_context": a.slice_context or 0,
                  "architecture": a.architecture}
         images = a.image or []
         masks = a.masks or []
@@ -225,6 +228,8 @@ def plan_request(r: TrainRequest, samples: Sequence[Sample]) -> tuple[TrainingPl
     if r.init_from is not None:  # fine-tuning keeps the architecture it starts from
         base = _init_model(r, samples)
         model_over.update(dims=base.dims, depth=base.depth, filters=base.filters)
+        if base.slice_context:
+            model_over["slice_context"] = base.slice_context
     plan = plan_training(fingerprint(samples), classes=tuple(samples[0].class_names),
                          time_limit_minutes=r.train.time_limit_minutes, device=r.train.device,
                          model_overrides=model_over, train_overrides=r.train_overrides, base=r.train)

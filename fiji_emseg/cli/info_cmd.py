@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     rf = info.receptive_field
     tr = info.training
     lines = [
-        f"model:          {m.name} ({m.architecture}, {m.dims}D, depth {m.depth}, {m.filters} filters, "
+        f"model:          {m.name} ({m.architecture}, {m.kind}, depth {m.depth}, {m.filters} filters, "
         f"{'residual' if m.residual else 'plain'}, {m.norm} norm)",
         f"classes:        {', '.join(m.classes)} ({m.output} output)",
         f"normalisation:  {info.normalization.describe()}",

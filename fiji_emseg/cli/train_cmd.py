@@ -66,6 +66,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="sigmoid: one independent probability per class (overlapping classes); "
                         "softmax: exclusive classes with background (default sigmoid)")
     m.add_argument("--z-poolings", type=int_range(0, 7), help="3D only: poolings that also halve Z (default: all)")
+    m.add_argument("--slice-context", type=int_range(0, 3), metavar="N",
+                   help="2.5D: each slice with N neighbouring slices on each side as input channels of a 2D U-Net "
+                        "(a 3D model to predict with; implies --dims 3; default 0 = off)")
     m.add_argument("--architecture", default="unet", help="'unet' or 'package.module:builder' for your own torch module")
     m.add_argument("--init-from", metavar="MODEL", help="fine-tune from an existing model folder or a bioimage.io package with a fiji-emseg pytorch_state_dict")
     t = p.add_argument_group("optimisation")

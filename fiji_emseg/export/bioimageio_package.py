@@ -173,7 +173,7 @@ def _readme(info: ModelInfo, thresholds: tuple[float, ...], test_shape: tuple[in
     rf = info.ensure_receptive_field()
     lines = [
         f"# {m.name}: {', '.join(m.classes)} in volume electron microscopy", "",
-        f"A {m.dims}D {'residual ' if m.residual else ''}U-Net (depth {m.depth}, {m.filters} filters, {m.norm} norm) "
+        f"A {m.kind} {'residual ' if m.residual else ''}U-Net (depth {m.depth}, {m.filters} filters, {m.norm} norm) "
         f"trained with fiji-emseg {info.software.get('fiji_emseg', __version__)}.", "",
         "## Classes and output",
         f"- classes: {', '.join(m.classes)}",
@@ -366,8 +366,9 @@ def _build_description(loaded: Any, tmp: Path, formats: list[str], thresholds: t
                                        "Biology of the Cell, 2025", doi=bio.Doi("10.1111/boc.202400008")))
     thr = dict(zip(mc.classes, thresholds, strict=True)) if mc.output == "sigmoid" else "argmax"
     config = {"fiji_emseg": {"config.json": info.to_dict(), "thresholds": thr, "version": __version__}}
-    tags = ["electron-microscopy", "semantic-segmentation", f"{mc.dims}d", "fiji-emseg", "unet", *mc.classes]
-    text = description or (f"{mc.dims}D U-Net segmenting {', '.join(mc.classes)} in volume electron microscopy "
+    tags = ["electron-microscopy", "semantic-segmentation", f"{mc.dims}d", *(["2.5d"] if mc.slice_context else []),
+            "fiji-emseg", "unet", *mc.classes]
+    text = description or (f"{mc.kind} U-Net segmenting {', '.join(mc.classes)} in volume electron microscopy "
                            f"(fiji-emseg {__version__}).")
     try:
         with ValidationContext(perform_io_checks=True, root=tmp):

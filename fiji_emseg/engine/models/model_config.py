@@ -119,13 +119,17 @@ class ModelConfig:
         return (2 ** self.z_pool_count, xy, xy)
 
     @property
+    def kind(self) -> str:
+        """``2D``, ``3D`` or ``2.5D`` (a 2D network over each slice and its neighbours)."""
+        return "2.5D" if self.slice_context else f"{self.dims}D"
+
+    @property
     def name(self) -> str:
         """Short name that encodes dimension, filters and depth, e.g. ``unet2d_f32_d5``."""
         base = self.architecture if self.architecture != "unet" else "unet"
         suffix = "" if self.residual or self.architecture != "unet" else "_plain"
-        dims = "2.5" if self.slice_context else str(self.dims)
         context = f"_s{self.slice_context}" if self.slice_context > 1 else ""
-        return f"{base}{dims}d_f{self.filters}_d{self.depth}{context}{suffix}"
+        return f"{base}{self.kind.lower()}_f{self.filters}_d{self.depth}{context}{suffix}"
 
     # ------------------------------------------------------------------ (de)serialisation
 

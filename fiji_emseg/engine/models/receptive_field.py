@@ -174,5 +174,6 @@ def recommended_tile(config: Any, rf: ReceptiveField, xy: int = 1024, z: int = 3
         return int(-(-t // m) * m)
 
     ty, tx = axis(xy, rf.halo[1], my), axis(xy, rf.halo[2], mx)
-    tz = 1 if config.dims == 2 else axis(z, rf.halo[0], mz)
+    # a 2.5D network costs a 2D one per slice: few slices (overlap 2 x its context) at full width
+    tz = 1 if config.dims == 2 else axis(8 if getattr(config, "slice_context", 0) else z, rf.halo[0], mz)
     return (tz, ty, tx)

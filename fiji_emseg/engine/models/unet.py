@@ -14,7 +14,7 @@ from torch import nn
 
 from .model_config import ModelConfig
 
-__all__ = ["UNet", "SliceContextUNet", "build_unet", "ProbabilityHead", "count_parameters"]
+__all__ = ["UNet", "SliceContextUNet", "build_unet", "set_centre_only", "ProbabilityHead", "count_parameters"]
 
 
 def _conv(dims: int) -> type[nn.Module]:
@@ -135,6 +135,12 @@ class SliceContextUNet(nn.Module):
     its ``s`` neighbours on each side, the stack's first and last slices repeated beyond its
     ends (a neighbour that looks like the slice itself, not a black one), and the 2D U-Net runs
     on the ``N * Z`` slices as one batch: a 3D network's context for a 2D network's cost.
+
+    Training uses the other form, ``centre_only`` (set by the trainer, never saved): a patch of
+    ``2s + 1`` slices in, logits of its centre slice out, ``(N, K, 1, Y, X)``. The loss then
+    falls only on slices whose neighbours the network really saw, and a batch holds as many
+    independent places as a 2D batch, at a 2D network's cost per step. (Computing every slice of
+    deeper patches learnt much slower: vnc mito validation F1 0.79 after 300 steps against 0.90.)
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -144,15 +150,27 @@ class SliceContextUNet(nn.Module):
         width = 2 * self.context + 1
         self.net = UNet(replace(config, dims=2, in_channels=config.in_channels * width, slice_context=0,
                                 z_poolings=None))
+        self.centre_only = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, z, y, w = x.shape
         s = self.context
+        if self.centre_only:
+            if z != 2 * s + 1:
+                raise ValueError(f"centre_only takes patches of {2 * s + 1} slices, got {z}")
+            return self.net(x.transpose(1, 2).reshape(n, z * c, y, w)).unsqueeze(2)
         padded = torch.cat([x[:, :, :1]] * s + [x] + [x[:, :, -1:]] * s, dim=2)
         stacked = torch.cat([padded[:, :, i:i + z] for i in range(2 * s + 1)], dim=1)  # (N, C*(2s+1), Z, Y, X)
         flat = stacked.transpose(1, 2).reshape(n * z, c * (2 * s + 1), y, w)
         out = self.net(flat)
         return out.reshape(n, z, out.shape[1], y, w).transpose(1, 2)
+
+
+def set_centre_only(model: nn.Module, on: bool) -> None:
+    """Switch every 2.5D network in *model* to its training form (see :class:`SliceContextUNet`)."""
+    for m in model.modules():
+        if isinstance(m, SliceContextUNet):
+            m.centre_only = on
 
 
 def build_unet(config: ModelConfig) -> nn.Module:

@@ -90,7 +90,7 @@ def mine_hard_examples(model: nn.Module, sampler: PatchSampler, choice: DeviceCh
             wrong = _errors(logits, tgt, val, output)
             for (vi, start), w, v in zip(chunk, wrong, [None] * len(chunk) if val is None else val, strict=True):
                 w3 = w[None] if dims == 2 else w
-                locs.append((vi, *start))
+                locs.append((vi, *sampler.target_origin(start)))
                 scores.append(int(w3.sum()))
                 offsets.append(_densest(w3))
                 wrong_total += int(w3.sum())

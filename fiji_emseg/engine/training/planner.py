@@ -11,6 +11,9 @@ What it decides, and why:
   FIB-SEM) *and* enough consecutive slices are annotated to fill a 3D patch; anisotropic
   ssTEM/SBF-SEM sections (5-12x thicker than a pixel), stacks without a voxel size and sparsely
   annotated slices train 2D.
+- **2.5D** (``slice_context``, given, not yet planned): a 2D U-Net that sees each slice with its
+  neighbours; planned with the 2D rules below (patch, depth, batch), its patches holding each
+  trained slice's neighbours.
 - **Patch size**: four times the 90th-percentile object diameter (an object plus a ring of
   context on each side), and in 2D at least the network's measured receptive field (189 px at
   depth 5: a smaller patch trains every voxel with zero padding in its view); at least 128 px,
@@ -60,9 +63,6 @@ MIN_3D_RUN = 16
 HARD_FRACTION = 0.25
 MIN_HARD_EPOCHS = 6
 
-#: Slices per training patch of a 2.5D network.
-SLICE_CONTEXT_DEPTH = 4
-
 StepTimer = Callable[[ModelConfig, TrainConfig], float]
 
 
@@ -103,7 +103,7 @@ class TrainingPlan:
         m, t = self.model, self.train
         patch = "x".join(str(p) for p in t["patch_size"])
         lines = [
-            f"plan for {self.budget_minutes:g} min on {self.device}: {m['dims']}D U-Net, depth {m['depth']}, "
+            f"plan for {self.budget_minutes:g} min on {self.device}: {'2.5' if m.get('slice_context') else m['dims']}D U-Net, depth {m['depth']}, "
             f"{m['filters']} filters; patch {patch}, batch {t['batch_size']}, {t['loss']} loss, label focus "
             f"{t['label_focus']:g}, hard examples {float(t.get('hard_fraction', 0.0)):g}, Adam lr {t['learning_rate']:g} ({t['lr_schedule']}); "
             f"{t['epochs']} x {t['steps_per_epoch']} steps at {self.seconds_per_step:.3g} s/step "
@@ -171,6 +171,7 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
 
     filters = 32 if gpu else 16
     flat = dims == 2 or slices > 0  # in-plane rules for patch, depth and batch
+    slice_depth = 2 * slices + 1
     depth = 5 if flat else 4
     reasons.append(f"{filters} filters, depth {depth}: " + ("a GPU affords the full width" if gpu else
                    "on a CPU a 16-filter net takes ~4x less per step than 32, so ~4x more steps fit the budget"))
@@ -199,13 +200,9 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
         reasons.append(f"patch {py}x{px}: {why}, within 128-{cap} px and the annotated region ({limit_y}x{limit_x})")
         batch = max(2, min(32, round((16 if gpu else 8) * (256 * 256) / (py * px))))
         if slices:
-            # a few slices per patch; the batch keeps the slices per step of the 2D plan
-            pz = min(SLICE_CONTEXT_DEPTH, fp.longest_annotated_run)
-            if pz < 1:
-                raise ConfigError("a 2.5D network needs annotated slices to train on; none were found")
-            patch = (pz, py, px)
-            batch = max(1, round(batch / pz))
-            reasons.append(f"2.5D patches of {pz} slices, batch {batch}: the slices per step of a 2D plan")
+            # the loss is on each patch's centre slice: a 2D plan's patches and batch, with neighbours
+            patch = (slice_depth, py, px)
+            reasons.append(f"2.5D patches: {slice_depth} slices in, the centre slice trained; batch {batch} as in 2D")
     else:
         xy = 128 if gpu else 96
         pz = _round_down(min(32 if gpu else MIN_3D_RUN, fp.longest_annotated_run), mult[0])
@@ -221,6 +218,8 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
                    f"is seen (rarest class {rare:.1%} of annotated voxels); Adam 2e-3, cosine over the budget")
     overridden = sorted({*model_over, *train_over})
     train.update(train_over)
+    if slices and len(train["patch_size"]) == 2:  # an in-plane patch given for a 2.5D network
+        train["patch_size"] = (slice_depth, *train["patch_size"])
     probe_cfg = base.replace(**{k: v for k, v in train.items() if k not in ("epochs", "steps_per_epoch")})
     timer = step_timer or (lambda mc, cfg: probe_step_seconds(mc, cfg).seconds_per_step)
     seconds = float(timer(ModelConfig(classes=classes, **model), probe_cfg))

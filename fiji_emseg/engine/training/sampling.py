@@ -122,11 +122,16 @@ class PatchSampler:
     """Draws augmented training patches from several :class:`TrainingVolume` objects."""
 
     def __init__(self, volumes: Sequence[TrainingVolume], patch_size: Sequence[int], label_focus: float,
-                 augment: AugmentConfig, dims: int, hard_fraction: float = 0.0) -> None:
+                 augment: AugmentConfig, dims: int, hard_fraction: float = 0.0, slice_context: int = 0) -> None:
         if not 0.0 <= label_focus <= 1.0:
             raise InputDataError(f"label focus must be a fraction between 0 and 1, got {label_focus}")
         self.volumes = list(volumes)
         ps = tuple(int(p) for p in patch_size)
+        #: 2.5D: patches of 2s+1 slices whose target is the centre slice; every slice can be the
+        #: centre, its missing neighbours at a stack's ends repeating the end slice, as in prediction
+        self.context = int(slice_context)
+        if self.context:
+            ps = (2 * self.context + 1, *ps[-2:])
         self.patch = (1, *ps) if len(ps) == 2 else ps
         self.label_focus = label_focus
         if not 0.0 <= hard_fraction < 1.0:
@@ -147,7 +152,13 @@ class PatchSampler:
         self._volume_weights = regions / regions.sum() if regions.sum() > 0 else sizes / sizes.sum()
 
     def _start(self, centre: tuple[int, int, int], shape: tuple[int, int, int]) -> tuple[int, int, int]:
-        return tuple(int(min(max(c - p // 2, 0), s - p)) for c, p, s in zip(centre, self.patch, shape, strict=True))  # type: ignore[return-value]
+        m = self.context
+        z = int(min(max(centre[0] - self.patch[0] // 2, -m), shape[0] - self.patch[0] + m))
+        return (z, *(int(min(max(c - p // 2, 0), s - p)) for c, p, s in zip(centre[1:], self.patch[1:], shape[1:], strict=True)))  # type: ignore[return-value]
+
+    def target_origin(self, start: Sequence[int]) -> tuple[int, int, int]:
+        """Where a patch's target begins in its volume: the start, or its centre slice in 2.5D."""
+        return (int(start[0]) + self.context, int(start[1]), int(start[2]))
 
     def set_hard_examples(self, centres: np.ndarray | None, weights: np.ndarray | None) -> None:
         """Centres (volume, z, y, x) where the model errs, with weights; None or empty clears them.
@@ -168,11 +179,15 @@ class PatchSampler:
         vol = self.volumes[vi]
         if vol.region_grid is not None:
             return vi, self._start(vol.region_grid.sample(rng), vol.shape)
-        return vi, tuple(int(rng.integers(0, s - p + 1)) for s, p in zip(vol.shape, self.patch, strict=True))  # type: ignore[return-value]
+        m = self.context
+        z = int(rng.integers(-m, vol.shape[0] - self.patch[0] + m + 1))
+        return vi, (z, *(int(rng.integers(0, s - p + 1)) for s, p in zip(vol.shape[1:], self.patch[1:], strict=True)))  # type: ignore[return-value]
 
     def extract(self, vi: int, start: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The normalised image, target and valid mask of the patch of volume *vi* at *start*."""
         vol = self.volumes[vi]
+        if self.context:
+            return self._extract_centred(vol, start)
         sl = tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=True))
         image = apply_normalization(vol.image[sl], vol.stats)
         target = vol.target[(slice(None), *sl)] if vol.target.ndim == 4 else vol.target[sl]
@@ -180,6 +195,21 @@ class PatchSampler:
             valid: np.ndarray | None = vol.valid[sl]
         elif self.has_region:
             valid = np.ones(self.patch, dtype=bool)
+        else:
+            valid = None
+        return image, target, valid
+
+    def _extract_centred(self, vol: TrainingVolume, start: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """A 2.5D patch: 2s+1 slices of image (the end slices repeated past the stack), the centre's target."""
+        yx = tuple(slice(s, s + p) for s, p in zip(start[1:], self.patch[1:], strict=True))
+        zs = np.clip(np.arange(start[0], start[0] + self.patch[0]), 0, vol.shape[0] - 1)
+        image = apply_normalization(np.stack([vol.image[(int(z), *yx)] for z in zs]), vol.stats)
+        zc = slice(int(start[0]) + self.context, int(start[0]) + self.context + 1)
+        target = vol.target[(slice(None), zc, *yx)] if vol.target.ndim == 4 else vol.target[(zc, *yx)]
+        if vol.valid is not None:
+            valid: np.ndarray | None = vol.valid[(zc, *yx)]
+        elif self.has_region:
+            valid = np.ones((1, *self.patch[1:]), dtype=bool)
         else:
             valid = None
         return image, target, valid

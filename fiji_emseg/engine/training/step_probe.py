@@ -27,6 +27,7 @@ from ..data.files import atomic_write_json
 from ..models.architectures import build_model
 from ..models.device import DeviceChoice, choose_device
 from ..models.model_config import ModelConfig
+from ..models.unet import set_centre_only
 from .losses import SegmentationLoss
 from .train_config import TrainConfig
 
@@ -75,20 +76,26 @@ def _measure(model_config: ModelConfig, cfg: TrainConfig, choice: DeviceChoice, 
     dims = model_config.dims
     torch.manual_seed(0)
     net = build_model(model_config).to(choice.device)
+    set_centre_only(net, True)  # as the trainer runs a 2.5D network
     if choice.channels_last:
         net = net.to(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
     loss_fn = SegmentationLoss(cfg.loss, model_config.output, model_config.n_classes, cfg.class_weights).to(choice.device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     scaler = torch.amp.GradScaler("cuda") if choice.uses_scaler else None
-    shape = (cfg.batch_size, model_config.in_channels, *cfg.patch_size)
+    patch = tuple(cfg.patch_size)
+    context = model_config.slice_context
+    if context:  # 2s+1 slices in, the centre slice out
+        patch = (2 * context + 1, *patch[-2:])
+    shape = (cfg.batch_size, model_config.in_channels, *patch)
+    out_patch = (1, *patch[1:]) if context else patch
     x = torch.randn(shape, device=choice.device)
     if choice.channels_last:
         x = x.contiguous(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
     n_out = model_config.n_classes
     if model_config.output == "softmax":
-        y = torch.randint(0, n_out + 1, (cfg.batch_size, *cfg.patch_size), device=choice.device)
+        y = torch.randint(0, n_out + 1, (cfg.batch_size, *out_patch), device=choice.device)
     else:
-        y = (torch.rand((cfg.batch_size, n_out, *cfg.patch_size), device=choice.device) > 0.8).float()
+        y = (torch.rand((cfg.batch_size, n_out, *out_patch), device=choice.device) > 0.8).float()
     times: list[float] = []
     for i in range(warmup + steps):
         if choice.device.type == "cuda":

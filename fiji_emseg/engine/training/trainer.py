@@ -56,6 +56,7 @@ from ..models.model_store import (
     write_model_info,
 )
 from ..models.receptive_field import measure_config_receptive_field
+from ..models.unet import set_centre_only
 from .losses import SegmentationLoss
 from .sampling import Batch, BatchStream, PatchSampler, TrainingVolume
 from .train_config import TrainConfig
@@ -246,7 +247,9 @@ class _Trainer:
                     f"validation classes {list(vclasses)} differ from training classes {list(classes)}; "
                     "give the same classes in the same order")
         for s in [*train_samples, *(val_samples or [])]:
-            check_min_size(s, self._patch3, model_config.spatial_multiple)
+            # a 2.5D patch repeats the end slices of a short stack, so only its in-plane size must fit
+            check_min_size(s, (1, *self._patch3[1:]) if model_config.slice_context else self._patch3,
+                           model_config.spatial_multiple)
             check_finite(s.image, s.name)
         self.train_samples = list(train_samples)
         self.val_samples = list(val_samples or [])
@@ -267,6 +270,7 @@ class _Trainer:
         self.choice = choose_device(config.device, config.amp, config.channels_last, self.dims)
         torch.manual_seed(self.seed)
         self.model = module if module is not None else build_model(model_config)
+        set_centre_only(self.model, True)  # training patches: a slice and its neighbours in, the slice out
         if init_from is not None:
             self._init_from(init_from)
         self.model.to(self.choice.device)
@@ -289,13 +293,14 @@ class _Trainer:
 
         self.train_volumes = [TrainingVolume.prepare(s, normalization, model_config.output) for s in self.train_samples]
         self.sampler = PatchSampler(self.train_volumes, self.cfg.patch_size, self.cfg.label_focus, self.cfg.augment, self.dims,
-                                    self.cfg.hard_fraction)
+                                    self.cfg.hard_fraction, slice_context=model_config.slice_context)
         if not self.sampler.labelled_classes:
             raise InputDataError("every class is empty in the training data; there is nothing to learn — check the masks")
         self.val_batches: list[Batch] = []
         if self.has_val:
             vvols = [TrainingVolume.prepare(s, normalization, model_config.output) for s in self.val_samples]
-            vs = PatchSampler(vvols, self.cfg.patch_size, self.cfg.label_focus, self.cfg.augment, self.dims)
+            vs = PatchSampler(vvols, self.cfg.patch_size, self.cfg.label_focus, self.cfg.augment, self.dims,
+                              slice_context=model_config.slice_context)
             vrng = np.random.default_rng([self.seed, 1])
             self.val_batches = [vs.batch(self.cfg.batch_size, vrng, augment=False) for _ in range(self.cfg.val_steps)]
         self.has_bn = any(isinstance(m, _BN_TYPES) for m in self.model.modules())
@@ -335,6 +340,15 @@ class _Trainer:
                 self.cfg = self.cfg.replace(patch_size=list(p[1:]))
             else:
                 raise ConfigError(f"a 2D model needs a (y, x) patch size, got {p}; e.g. 256 256 (--patch-size 256 256)")
+        context = self.mc.slice_context
+        if context:  # 2.5D: the loss is on each patch's centre slice, its neighbours are its input
+            depth = 2 * context + 1
+            if len(p) == 2:
+                self.cfg = self.cfg.replace(patch_size=[depth, *p])
+            elif p[0] != depth:
+                raise ConfigError(f"a 2.5D model with {context} neighbouring slice(s) per side trains on patches of "
+                                  f"{depth} slices, got {tuple(p)}; give the in-plane size only (--patch-size {p[-2]} {p[-1]})")
+            p = self.cfg.patch_size
         if self.dims == 3 and len(p) != 3:
             raise ConfigError(f"a 3D model needs a (z, y, x) patch size, got {p}; e.g. 32 128 128 (--patch-size 32 128 128)")
         mult = self.mc.spatial_multiple if self.dims == 3 else self.mc.spatial_multiple[1:]
