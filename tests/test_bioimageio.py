@@ -33,6 +33,7 @@ KINDS = {
     "2d_sigmoid": (ModelConfig(classes=("bright",), depth=2, filters=4), (32, 32), 1),
     "2d_softmax": (ModelConfig(classes=("bright", "dark"), depth=2, filters=4, output="softmax"), (32, 32), 2),
     "3d": (ModelConfig(classes=("bright",), dims=3, depth=2, filters=4, z_poolings=1), (8, 32, 32), 1),
+    "2.5d": (ModelConfig(classes=("bright",), dims=3, depth=2, filters=4, slice_context=1), (32, 32), 1),
 }
 FP32 = PredictConfig(backend="onnxruntime", device="cpu", precision="fp32")
 

@@ -25,6 +25,7 @@ million) absorbs voxels within floating-point noise of a threshold.
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 import time
 import zipfile
@@ -98,7 +99,7 @@ def architecture_source() -> str:
         "    def __init__(self, **kwargs: Any) -> None:",
         "        super().__init__()",
         "        config = ModelConfig.from_dict(kwargs)",
-        "        self.net = UNet(config)",
+        "        self.net = build_unet(config)",
         "        self.output = config.output", "",
         "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
         "        logits = self.net(x)",
@@ -386,7 +387,9 @@ def _build_description(loaded: Any, tmp: Path, formats: list[str], thresholds: t
 
 
 def _clean_name(name: str) -> str:
-    return name.replace("_", " ")
+    """The model name as bioimage.io allows it: letters, digits, ``_+- ()`` and spaces
+    (``unet2.5d_f16_d5`` -> ``unet2-5d f16 d5``)."""
+    return re.sub(r"[^A-Za-z0-9_+\- ()]", "-", name).replace("_", " ")
 
 
 def _save(descr: Any, out: Path, overwrite: bool) -> None:
