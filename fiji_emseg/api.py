@@ -83,8 +83,7 @@ class TrainRequest:
             ("lr_schedule", a.schedule), ("label_focus", a.label_focus), ("hard_fraction", a.hard_fraction))
             if v is not None}
         dims = a.dims or (3 if a.slice_context else 2)
-        patch = tuple(a.patch_size) if a.patch_size else ((256, 256) if dims == 2 else (4, 256, 256) if a.slice_context
-                                                          else (32, 128, 128))
+        patch = tuple(a.patch_size) if a.patch_size else ((256, 256) if dims == 2 or a.slice_context else (32, 128, 128))
         augment = AugmentConfig.none() if a.no_augment else AugmentConfig(
             flips=not a.no_flips, rot90=not a.no_rot90, brightness=a.brightness, contrast=a.contrast,
             gamma=a.gamma, noise=a.noise, p_spatial=a.spatial)

@@ -46,8 +46,8 @@ class ModelConfig:
     z_poolings: int | None = None
     #: 3D only, 2.5D networks: each output slice sees this many neighbouring slices on each side
     #: as extra input channels of a 2D U-Net (:class:`~.unet.SliceContextUNet`); no Z pooling.
-    #: Thick ssTEM/SBF-SEM sections change too much between slices for 3D convolutions, yet a
-    #: neighbour tells an oblique membrane or an organelle's end from a look-alike.
+    #: Meant for thick ssTEM/SBF-SEM sections, too anisotropic for 3D convolutions; on vnc_sstem
+    #: it did not beat 2D within a CPU budget (README, *Training that plans itself*).
     slice_context: int = 0
     #: Name of a registered architecture (see :mod:`fiji_emseg.engine.architectures`).
     architecture: str = "unet"
