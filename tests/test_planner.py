@@ -23,7 +23,7 @@ from fiji_emseg.engine.training.step_probe import probe_step_seconds
 from fiji_emseg.engine.training.threshold_calibration import THRESHOLD_GRID, choose_threshold
 from fiji_emseg.engine.training.train_config import TrainConfig
 from fiji_emseg.engine.training.trainer import train_model
-from fiji_emseg.errors import EmsegWarning
+from fiji_emseg.errors import ConfigError, EmsegWarning
 
 
 @pytest.fixture(autouse=True)
@@ -170,6 +170,37 @@ def test_duration_estimate_is_within_2x_of_the_measured_step_time(tmp_path: Path
         train_model([s], tmp_path / "m", model_config=mc, config=cfg, callbacks=[times])
     measured = statistics.median(np.diff(times.t[4:]))
     assert 0.5 <= estimate / measured <= 2.0, (estimate, measured)
+
+
+def test_a_planned_run_fills_its_time_limit_at_its_own_pace_and_given_epochs_are_kept(tmp_path: Path) -> None:
+    s = discs((6, 64, 64), 8, 3, (50.0, 5.0, 5.0))
+    small = {"model_overrides": {"depth": 2, "filters": 4},
+             "train_overrides": {"patch_size": (32, 32), "batch_size": 2, "steps_per_epoch": 5}}
+    # a probe that measured steps 100x too slow (a busy machine): the plan holds a single epoch ...
+    plan = plan_training(fingerprint([s]), classes=("mito",), time_limit_minutes=0.1, device="cpu",
+                         step_timer=constant_timer(30.0), **small)  # type: ignore[arg-type]
+    assert plan.train["epochs"] == 1 and plan.train["fill_time_limit"] is True
+    assert any("fills the 0.1 min" in r for r in plan.reasons)
+    base = TrainConfig(seed=0, device="cpu", val_steps=0, bn_recalibration_batches=0, calibrate_thresholds=False)
+    cfg = plan.train_config(base)
+    mc = plan.model_config(("mito",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmsegWarning)
+        r = train_model([s], tmp_path / "fill", model_config=mc, config=cfg)
+        # ... yet the run trains to the end of its 6 s, annealed over the time, and records the epochs it ran
+        assert r.status == "time-limit" and r.epochs_run > 2, (r.status, r.epochs_run)
+        assert r.duration_s >= 6.0 and r.history[-1]["lr"] < 0.05 * cfg.learning_rate
+        saved = json.loads((tmp_path / "fill" / "config.json").read_text())["training"]["config"]
+        assert saved["epochs"] == r.epochs_run and saved["fill_time_limit"] is True
+        # epochs the user gives are kept: the plan does not fill, and the run ends with its one epoch
+        given = plan_training(fingerprint([s]), classes=("mito",), time_limit_minutes=0.1, device="cpu",
+                              step_timer=constant_timer(30.0), model_overrides=small["model_overrides"],
+                              train_overrides={**small["train_overrides"], "epochs": 1})
+        assert "fill_time_limit" not in given.train and given.train_config(base).fill_time_limit is False
+        r1 = train_model([s], tmp_path / "given", model_config=mc, config=given.train_config(base))
+    assert r1.status == "completed" and r1.epochs_run == 1 and r1.duration_s < 6.0
+    with pytest.raises(ConfigError, match="needs a time limit"):
+        TrainConfig(fill_time_limit=True)
 
 
 def test_a_long_cpu_schedule_without_a_budget_is_announced_and_warned() -> None:

@@ -40,17 +40,15 @@ class TrainingProgress(Callback):
         self.progress = progress
         self.plot = plot
         self.title = title
-        self.total_steps = 0
         self.last_val_f1: dict[str, float] = {}
         self.epochs_logged = 0
 
     def on_train_begin(self, info: dict[str, Any]) -> None:
-        self.total_steps = int(info["total_steps"])
-        self.progress.on_progress(int(info.get("start_step", 0)), self.total_steps, f"{self.title}: starting")
+        self.progress.on_progress(int(info.get("start_step", 0)), int(info["total_steps"]), f"{self.title}: starting")
 
     def on_step(self, report: StepReport) -> None:
         done = (report.epoch - 1) * report.steps + report.step
-        total = self.total_steps or report.epochs * report.steps
+        total = report.epochs * report.steps  # the trainer's current count (it moves when a run fills its time limit)
         self.progress.on_progress(done, total, training_status(self.title, report, self.last_val_f1))
 
     def on_epoch_end(self, report: EpochReport) -> None:

@@ -72,7 +72,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--architecture", default="unet", help="'unet' or 'package.module:builder' for your own torch module")
     m.add_argument("--init-from", metavar="MODEL", help="fine-tune from an existing model folder or a bioimage.io package with a fiji-emseg pytorch_state_dict")
     t = p.add_argument_group("optimisation")
-    t.add_argument("--epochs", type=int_range(1), help="epochs (default: planned, 64 with --plan none; with --resume: extend the run to this many)")
+    t.add_argument("--epochs", type=int_range(1), help="epochs (default: planned, and a planned run trains to the end of its time budget; "
+                        "64 with --plan none; with --resume: extend the run to this many)")
     t.add_argument("--steps", type=int_range(1), help="steps per epoch (default: planned; 256 with --plan none)")
     t.add_argument("--batch-size", type=int_range(1), help="patches per step (default: planned; 8 with --plan none)")
     t.add_argument("--patch-size", nargs="+", type=int_range(1), default=None, metavar="N",

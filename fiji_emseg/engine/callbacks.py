@@ -149,6 +149,9 @@ class TqdmTrainingCallback(Callback):
 
     def on_step(self, report: StepReport) -> None:
         if self._bar is not None:
+            total = report.epochs * report.steps  # moves when a run fills its time limit
+            if self._bar.total != total:
+                self._bar.total = total
             self._bar.set_postfix_str(f"epoch {report.epoch}/{report.epochs} loss {report.loss:.4f}", refresh=False)
             self._bar.update(1)
 

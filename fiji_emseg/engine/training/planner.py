@@ -32,7 +32,9 @@ What it decides, and why:
   membranes that look like organelles) is then seen within the budget. Shorter runs do without:
   the first mining needs a model that has learned the easy cases, so it would come too late to pay.
 - **Steps**: the measured seconds per step on this machine (:mod:`.step_probe`) into the budget,
-  less 10 % for validation and saving.
+  less 10 % for validation and saving. That count is an estimate from a few probe steps, so the
+  run fills the budget (``fill_time_limit``): the cosine anneals over the time and the trainer
+  adds or drops epochs at the pace it measures itself.
 """
 
 from __future__ import annotations
@@ -234,6 +236,11 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
         train.setdefault("epochs", epochs)
         reasons.append(f"{total} steps fit in {budget:g} min at {seconds:.3g} s/step (measured on this machine): "
                        f"{epochs} epoch{'s' if epochs != 1 else ''} of {spe} steps")
+    if "epochs" not in train_over:
+        # a few probe steps can be off (another program busy, a cold cache): the run keeps
+        # training to the end of the budget at its own measured pace
+        train["fill_time_limit"] = True
+        reasons.append(f"training fills the {budget:g} min: the epochs follow the run's own measured pace")
     epochs = int(train["epochs"])  # planned above, or given
     if "hard_fraction" not in train_over:
         if epochs >= MIN_HARD_EPOCHS:

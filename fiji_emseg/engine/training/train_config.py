@@ -66,6 +66,10 @@ class TrainConfig:
     #: Stop after this many minutes of training (the last, partial epoch is validated and kept);
     #: cosine/poly schedules then anneal over the time budget. None = no limit.
     time_limit_minutes: float | None = None
+    #: With a time limit: the epochs are an estimate (the planner's, from a step time measured in a
+    #: few probe steps), so train until the limit instead: the schedule anneals over the time
+    #: alone and epochs are added or dropped as the measured pace of this run says.
+    fill_time_limit: bool = False
     #: Minutes between mid-epoch checkpoints (a kill loses at most this much work).
     checkpoint_minutes: float = 10.0
     #: CPU threads for torch (None: torch's default, all cores).
@@ -112,6 +116,8 @@ class TrainConfig:
             raise ConfigError("bn_recalibration_batches must be 0 (off) or more")
         if self.time_limit_minutes is not None and self.time_limit_minutes <= 0:
             raise ConfigError(f"time limit must be positive minutes, got {self.time_limit_minutes}")
+        if self.fill_time_limit and self.time_limit_minutes is None:
+            raise ConfigError("fill_time_limit needs a time limit (time_limit_minutes, --time-limit)")
         if self.checkpoint_minutes <= 0:
             raise ConfigError("checkpoint_minutes must be positive")
         if not 0.0 <= self.hard_fraction < 1.0:

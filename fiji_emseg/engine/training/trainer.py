@@ -189,13 +189,18 @@ def _to_device(batch: Batch, choice: DeviceChoice, dims: int) -> tuple[torch.Ten
 def _lr_lambda(config: TrainConfig, elapsed: Any) -> Any:
     """LR factor from training progress: the larger of the step fraction and the time fraction.
 
+    With ``fill_time_limit`` the steps are only an estimate, so progress is the time fraction
+    alone: the schedule anneals over the budget however many steps it holds.
     (A plain function, not an object, so the scheduler's state_dict does not try to save it.)
     """
     total = max(1, config.total_steps)
     floor = min(config.min_lr / config.learning_rate, 1.0)
     limit = config.time_limit_minutes * 60 if config.time_limit_minutes else None
+    by_time_only = bool(limit and config.fill_time_limit)
 
     def progress(step: int) -> float:
+        if by_time_only:
+            return min(1.0, elapsed() / limit)
         p = min(step, total) / total
         return min(1.0, max(p, elapsed() / limit)) if limit else p
 
@@ -550,6 +555,7 @@ class _Trainer:
         steps = cfg.steps_per_epoch
         total = cfg.total_steps
         start_step = self.epoch * steps + self.step_in_epoch
+        self.run_start = (self.elapsed_before, start_step)  # for this run's pace
         self.cb.on_train_begin({
             "total_steps": total, "start_step": start_step, "epochs": cfg.epochs, "steps_per_epoch": steps,
             "device": self.choice.describe(), "model": self.mc.name, "seed": self.seed, "model_dir": str(self.model_dir),
@@ -566,8 +572,9 @@ class _Trainer:
         try:
             with stop:
                 limit = cfg.time_limit_minutes * 60 if cfg.time_limit_minutes else None
-                while self.epoch < cfg.epochs:
+                while self.epoch < self.cfg.epochs:  # a filled time limit moves the end (_end_epoch)
                     out_of_time = False
+                    total = self.cfg.total_steps
                     while self.step_in_epoch < steps:
                         if stop.requested or self.cb.should_stop():
                             raise _Stop(stop.reason or "cancelled")
@@ -576,16 +583,15 @@ class _Trainer:
                         self.epoch_loss_sum += loss
                         done = self.epoch * steps + self.step_in_epoch
                         elapsed = self.elapsed()
-                        rate = elapsed / max(1, done - start_step) if done > start_step else 0.0
-                        self.cb.on_step(StepReport(self.epoch + 1, cfg.epochs, self.step_in_epoch, steps, loss,
-                                                   self._lr(), elapsed, self._eta(rate * (total - done))))
+                        self.cb.on_step(StepReport(self.epoch + 1, self.cfg.epochs, self.step_in_epoch, steps, loss,
+                                                   self._lr(), elapsed, self._eta(self._seconds_per_step() * (total - done))))
                         if time.monotonic() - self.last_checkpoint > cfg.checkpoint_minutes * 60:
                             self.save_checkpoint(stream.resume_state)
                         if limit is not None and self.elapsed() >= limit:
                             out_of_time = True
                             break
                     if (cfg.hard_fraction > 0 and not out_of_time and (self.epoch + 1) % cfg.hard_every == 0
-                            and self.epoch + 1 < cfg.epochs):
+                            and self.epoch + 1 < self.cfg.epochs):
                         # re-mine between epochs with the stream stopped, so the switch to the new
                         # centres happens at the same batch in every run (and after a resume)
                         state = stream.resume_state
@@ -594,7 +600,7 @@ class _Trainer:
                         rng = np.random.default_rng()
                         rng.bit_generator.state = state
                         stream = BatchStream(self.sampler, cfg.batch_size, rng)
-                    stop_early = self._end_epoch(stream.resume_state, start_step)
+                    stop_early = self._end_epoch(stream.resume_state)
                     if out_of_time:
                         status = "time-limit"
                         self.cb.on_message(f"time limit of {cfg.time_limit_minutes:g} minutes reached")
@@ -609,6 +615,30 @@ class _Trainer:
         finally:
             stream.close()
         return self._finish(status)
+
+    def _seconds_per_step(self) -> float:
+        """This run's pace so far (training, validation and mining together); 0 before the first step."""
+        elapsed0, step0 = getattr(self, "run_start", (self.elapsed_before, 0))
+        done = self.epoch * self.cfg.steps_per_epoch + self.step_in_epoch - step0
+        return (self.elapsed() - elapsed0) / done if done > 0 else 0.0
+
+    def _fill_time_limit(self) -> None:
+        """Set the epochs to what fits the time left at this run's pace (``fill_time_limit``).
+
+        The plan's epochs come from a step time measured in a few probe steps; one slow probe step
+        (another program busy, a cold cache) would otherwise end a run early with budget unused,
+        one fast one would leave the cosine schedule cut short by the time limit.
+        """
+        cfg = self.cfg
+        if not (cfg.fill_time_limit and cfg.time_limit_minutes):
+            return
+        left = cfg.time_limit_minutes * 60 - self.elapsed()
+        pace = self._seconds_per_step()
+        if left <= 0 or pace <= 0:
+            return
+        epochs = self.epoch + max(1, math.ceil(left / pace / cfg.steps_per_epoch))
+        if epochs != cfg.epochs:
+            self.cfg = cfg.replace(epochs=epochs)
 
     def _eta(self, by_steps: float) -> float:
         """Time to the end: the steps left, or the time budget left if that ends first."""
@@ -649,7 +679,7 @@ class _Trainer:
         self.sampler.set_hard_examples(found.centres, found.weights)
         self.cb.on_message(found.describe())
 
-    def _end_epoch(self, rng_state: dict[str, Any], start_step: int) -> bool:
+    def _end_epoch(self, rng_state: dict[str, Any]) -> bool:
         cfg = self.cfg
         lr = self._lr()
         train_loss = self.epoch_loss_sum / max(1, self.step_in_epoch)  # partial when the time ran out
@@ -673,10 +703,10 @@ class _Trainer:
             save_weights(self.model, self.model_dir / WEIGHTS_NAME)
         if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.sched.step(value)
+        self._fill_time_limit()
+        cfg = self.cfg
         elapsed = self.elapsed()
-        done_steps = self.epoch * cfg.steps_per_epoch
-        per_step = elapsed / max(1, done_steps - start_step) if done_steps > start_step else 0.0
-        eta = self._eta(per_step * (cfg.total_steps - done_steps))
+        eta = self._eta(self._seconds_per_step() * (cfg.total_steps - self.epoch * cfg.steps_per_epoch))
         row: dict[str, Any] = {"epoch": self.epoch, "loss": train_loss, "val_loss": val_loss}
         for c, f in val_f1.items():
             row[f"val_f1_{c}"] = f
@@ -833,8 +863,8 @@ def _train(train_samples: Sequence[Sample], model_dir: Path, model_config: Model
         base = read_model_info(init_path)
         model_config = model_config or base.model.with_classes(classes)
         norm = normalization or base.normalization
-    if epochs is not None:
-        cfg = cfg.replace(epochs=int(epochs))
+    if epochs is not None:  # a number of epochs given now is kept, not refitted to the time limit
+        cfg = cfg.replace(epochs=int(epochs), fill_time_limit=False)
     mc = model_config or ModelConfig(classes=tuple(classes))
     if module is not None and mc.architecture == "unet" and model_config is None:
         raise ConfigError("when you bring your own module, also give the ModelConfig that describes it (classes, dims, output)")
