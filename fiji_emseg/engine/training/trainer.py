@@ -320,6 +320,8 @@ class _Trainer:
         self.best_metrics: dict[str, Any] = {}
         self.bad_epochs = 0
         self.elapsed_before = 0.0
+        #: (training seconds, steps) when this run (or resumption) began: its own pace is measured from there
+        self.run_start: tuple[float, int] = (0.0, 0)
         self.rng_state: dict[str, Any] = np.random.default_rng([self.seed, 0]).bit_generator.state
         #: SHA-256 of the current (and the previous) checkpoint.pt, as recorded in config.json.
         self.checkpoint_hashes: list[str] = list(recorded_checkpoint_hashes or [])
@@ -555,7 +557,7 @@ class _Trainer:
         steps = cfg.steps_per_epoch
         total = cfg.total_steps
         start_step = self.epoch * steps + self.step_in_epoch
-        self.run_start = (self.elapsed_before, start_step)  # for this run's pace
+        self.run_start = (self.elapsed_before, start_step)
         self.cb.on_train_begin({
             "total_steps": total, "start_step": start_step, "epochs": cfg.epochs, "steps_per_epoch": steps,
             "device": self.choice.describe(), "model": self.mc.name, "seed": self.seed, "model_dir": str(self.model_dir),
@@ -618,7 +620,7 @@ class _Trainer:
 
     def _seconds_per_step(self) -> float:
         """This run's pace so far (training, validation and mining together); 0 before the first step."""
-        elapsed0, step0 = getattr(self, "run_start", (self.elapsed_before, 0))
+        elapsed0, step0 = self.run_start
         done = self.epoch * self.cfg.steps_per_epoch + self.step_in_epoch - step0
         return (self.elapsed() - elapsed0) / done if done > 0 else 0.0
 
@@ -634,9 +636,12 @@ class _Trainer:
             return
         left = cfg.time_limit_minutes * 60 - self.elapsed()
         pace = self._seconds_per_step()
-        if left <= 0 or pace <= 0:
+        if left <= 0:
+            epochs = self.epoch  # the budget is spent: this was the last epoch, as config.json records
+        elif pace > 0:
+            epochs = self.epoch + max(1, math.ceil(left / pace / cfg.steps_per_epoch))
+        else:
             return
-        epochs = self.epoch + max(1, math.ceil(left / pace / cfg.steps_per_epoch))
         if epochs != cfg.epochs:
             self.cfg = cfg.replace(epochs=epochs)
 
