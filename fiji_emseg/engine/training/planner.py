@@ -21,7 +21,8 @@ What it decides, and why:
   at most 256 px on a CPU (512 on a GPU), never larger than the annotated region, a multiple of
   the network's spatial multiple.
 - **Width and depth**: 16 filters on a CPU (the tuned CPU recipe: ~4x cheaper per step than 32,
-  so ~4x more steps fit), 32 on a GPU; depth 5 in 2D (receptive field ~190 px), 4 in 3D.
+  so ~4x more steps fit), 32 on a GPU; depth 5 in 2D (receptive field ~190 px), 4 in 3D. Even
+  where AMX makes 32 filters only ~3x dearer, 32 gave no gain (vnc membrane 0.877 vs 0.878 in 20 min).
 - **Batch**: 8 patches of 256² on a CPU (16 on a GPU), scaled to keep the voxels per step.
 - **Loss and label focus**: Dice + cross-entropy with half of the patches centred on labelled
   voxels: DeepSCEM's Dice with 80 % focus over-segmented on vnc (the network rarely sees hard
