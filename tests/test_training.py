@@ -171,6 +171,55 @@ def test_resume_can_extend_training_and_needs_a_checkpoint(tmp_path: Path) -> No
         train_model([sample], tmp_path / "nothing", resume=True)
 
 
+def test_the_weight_average_is_what_is_validated_and_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ema_decay: the saved weights are the moving average of every step's weights, not the live ones."""
+    live: list[list[torch.Tensor]] = []
+    real_step = trainer_mod._Trainer._train_step
+
+    def recording_step(self: Any, batch: Any) -> float:
+        if not live:
+            live.append([p.detach().clone() for p in self.model.parameters()])  # the initial weights
+        loss = real_step(self, batch)
+        live.append([p.detach().clone() for p in self.model.parameters()])
+        return loss
+
+    monkeypatch.setattr(trainer_mod._Trainer, "_train_step", recording_step)
+    decay = 0.9
+    cfg = tiny_cfg(epochs=2, steps_per_epoch=6, learning_rate=0.05, lr_schedule="constant", keep_best=False, ema_decay=decay)
+    train_model([blob_sample(seed=1)], tmp_path / "m", model_config=TINY, config=cfg)
+    expected = live[0]
+    for t, weights in enumerate(live[1:], start=1):
+        d = min(decay, (1 + t) / (10 + t))
+        expected = [d * e + (1 - d) * w for e, w in zip(expected, weights, strict=True)]
+    from fiji_emseg.engine.models.architectures import build_model
+
+    names = [n for n, _ in build_model(TINY).named_parameters()]
+    saved = _state(tmp_path / "m")
+    checkpoint = torch.load(tmp_path / "m" / CHECKPOINT_NAME, weights_only=True)
+    for name, e, w in zip(names, expected, live[-1], strict=True):
+        assert torch.allclose(saved[name].float(), e, atol=1e-5), name
+        assert torch.equal(checkpoint["model"][name], w), name  # training went on from the live weights
+    assert any(not torch.allclose(e, w, atol=1e-3) for e, w in zip(expected, live[-1], strict=True))
+    # BatchNorm statistics were recalibrated for the average, the live ones kept for training
+    stats = [k for k in saved if k.endswith("running_mean")]
+    assert stats and any(not torch.allclose(saved[k], checkpoint["model"][k]) for k in stats)
+
+
+def test_a_weight_average_survives_interruption_and_resume(tmp_path: Path) -> None:
+    sample = blob_sample(seed=2)
+    cfg = tiny_cfg(epochs=2, steps_per_epoch=6, ema_decay=0.9)
+    train_model([sample], tmp_path / "full", model_config=TINY, config=cfg)
+    part = train_model([sample], tmp_path / "part", model_config=TINY, config=cfg, callbacks=[Recorder(stop_after_steps=8)])
+    assert part.status == "interrupted"
+    assert torch.load(tmp_path / "part" / CHECKPOINT_NAME, weights_only=True)["ema"] is not None
+    train_model([sample], tmp_path / "part", resume=True)
+    a, b = _state(tmp_path / "full"), _state(tmp_path / "part")
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+    with pytest.raises(ConfigError, match="weight-average decay"):
+        tiny_cfg(ema_decay=1.0)
+
+
 def test_sigint_stops_cleanly_with_a_resumable_checkpoint(tmp_path: Path) -> None:
     class Interrupt(Callback):
         def __init__(self) -> None:

@@ -82,6 +82,10 @@ class TrainConfig:
     hard_fraction: float = 0.0
     hard_every: int = 2
     hard_candidates: int = 64
+    #: Exponential moving average of the weights (0 = off): validated, kept and saved in place of
+    #: the live weights. The decay used at step t is min(ema_decay, (1 + t) / (10 + t)), so the
+    #: average spans about the last tenth of the steps so far, up to 1 / (1 - ema_decay) steps.
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -122,6 +126,8 @@ class TrainConfig:
             raise ConfigError("checkpoint_minutes must be positive")
         if not 0.0 <= self.hard_fraction < 1.0:
             raise ConfigError(f"hard-example fraction must be in [0, 1) (e.g. 0.25), got {self.hard_fraction}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"weight-average decay must be in [0, 1) (e.g. 0.999; 0 = off), got {self.ema_decay}")
         if self.hard_every < 1 or self.hard_candidates < 1:
             raise ConfigError("hard_every and hard_candidates must be at least 1")
 

@@ -10,6 +10,9 @@ What this does that DeepSCEM does not (FIELD_NOTES §1):
   best validation epoch, and the result says which epoch that was.
 - *Seeds are set* for the model initialisation, the patch sequence and the augmentations; a
   run interrupted and resumed produces the same model as an uninterrupted one.
+- *Weights can be averaged* (``ema_decay``): an exponential moving average of the weights is
+  what is validated, kept and saved, with BatchNorm recalibrated for it; the live weights go on
+  training. A short run on a few slices ends on noisy weights, and the average smooths them.
 - *Validation never crashes*: with no validation data the monitor falls back to the training loss,
   and validation samples are kept apart from training samples whatever their names.
 
@@ -27,7 +30,8 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,6 +299,9 @@ class _Trainer:
         else:
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.cfg, self.elapsed))
         self.scaler = torch.amp.GradScaler("cuda") if self.choice.uses_scaler else None
+        #: The moving average of the parameters (``ema_decay``), None when off.
+        self.ema: list[torch.Tensor] | None = (
+            [p.detach().clone() for p in self.model.parameters()] if self.cfg.ema_decay else None)
 
         self.train_volumes = [TrainingVolume.prepare(s, normalization, model_config.output) for s in self.train_samples]
         self.sampler = PatchSampler(self.train_volumes, self.cfg.patch_size, self.cfg.label_focus, self.cfg.augment, self.dims,
@@ -404,6 +411,7 @@ class _Trainer:
             "bad_epochs": self.bad_epochs,
             "elapsed": self.elapsed(),
             "sampler_rng": rng_state,
+            "ema": self.ema,
             "hard_centres": None if self.sampler.hard_centres is None else torch.from_numpy(self.sampler.hard_centres),
             "hard_weights": None if self.sampler.hard_weights is None else torch.from_numpy(self.sampler.hard_weights),
             "torch_rng": torch.get_rng_state(),
@@ -460,6 +468,13 @@ class _Trainer:
             raise ModelFileError(f"cannot resume: {path} does not match the model in {CONFIG_NAME} ({exc})") from exc
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            saved = state.get("ema")
+            if saved is None or len(saved) != len(self.ema):
+                raise ModelFileError(f"cannot resume: {path} holds no weight average for this model; start a new training")
+            with torch.no_grad():
+                for e, v in zip(self.ema, saved, strict=True):
+                    e.copy_(v)
         self.epoch = int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
         self.epoch_loss_sum = float(state["epoch_loss_sum"])
@@ -673,7 +688,42 @@ class _Trainer:
             self.opt.step()
         if not isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.sched.step()
+        if self.ema is not None:
+            self._update_ema()
         return float(loss.detach())
+
+    def _update_ema(self) -> None:
+        """Move the weight average towards the weights of the step just taken."""
+        assert self.ema is not None
+        step = self.epoch * self.cfg.steps_per_epoch + self.step_in_epoch + 1  # counts steps across resumptions
+        decay = min(self.cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():  # one fused update: a loop of per-tensor lerps cost ~0.06 s a step on 2 busy cores
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.parameters()], 1.0 - decay)
+
+    @contextmanager
+    def _kept_weights(self) -> Iterator[None]:
+        """Within this, the model holds the weights to validate and save: the average when there is one.
+
+        The live weights and BatchNorm statistics come back afterwards, so training goes on from
+        where it was; without an average the model is left as it is (recalibrated statistics included).
+        """
+        if self.ema is None:
+            yield
+            return
+        params = list(self.model.parameters())
+        live = [p.detach().clone() for p in params]
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        with torch.no_grad():
+            for p, e in zip(params, self.ema, strict=True):
+                p.copy_(e)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, w in zip(params, live, strict=True):
+                    p.copy_(w)
+                for b, v in zip(self.model.buffers(), buffers, strict=True):
+                    b.copy_(v)
 
     def _mine_hard_examples(self) -> None:
         from .hard_examples import mine_hard_examples
@@ -688,24 +738,25 @@ class _Trainer:
         cfg = self.cfg
         lr = self._lr()
         train_loss = self.epoch_loss_sum / max(1, self.step_in_epoch)  # partial when the time ran out
-        val_loss, val_f1 = self.validate()
-        self.epoch += 1
-        self.step_in_epoch = 0
-        self.epoch_loss_sum = 0.0
-        if self.monitor == "val_f1":
-            value, better = float(np.mean(list(val_f1.values()))), (lambda a, b: a > b)
-        elif self.monitor == "val_loss":
-            value, better = float(val_loss), (lambda a, b: a < b)  # type: ignore[arg-type]
-        else:
-            value, better = train_loss, (lambda a, b: a < b)
-        is_best = self.best_value is None or better(value, self.best_value)
-        if is_best:
-            self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0
-            self.best_metrics = {"epoch": self.epoch, "loss": train_loss, "val_loss": val_loss, "val_f1": val_f1}
-        else:
-            self.bad_epochs += 1
-        if is_best or not cfg.keep_best:
-            save_weights(self.model, self.model_dir / WEIGHTS_NAME)
+        with self._kept_weights():
+            val_loss, val_f1 = self.validate()
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.epoch_loss_sum = 0.0
+            if self.monitor == "val_f1":
+                value, better = float(np.mean(list(val_f1.values()))), (lambda a, b: a > b)
+            elif self.monitor == "val_loss":
+                value, better = float(val_loss), (lambda a, b: a < b)  # type: ignore[arg-type]
+            else:
+                value, better = train_loss, (lambda a, b: a < b)
+            is_best = self.best_value is None or better(value, self.best_value)
+            if is_best:
+                self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+                self.best_metrics = {"epoch": self.epoch, "loss": train_loss, "val_loss": val_loss, "val_f1": val_f1}
+            else:
+                self.bad_epochs += 1
+            if is_best or not cfg.keep_best:
+                save_weights(self.model, self.model_dir / WEIGHTS_NAME)
         if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.sched.step(value)
         self._fill_time_limit()
@@ -750,8 +801,9 @@ class _Trainer:
     def _finish(self, status: str) -> TrainResult:
         weights = self.model_dir / WEIGHTS_NAME
         if not weights.exists():  # stopped before the first epoch ended: keep what there is
-            recalibrate_batchnorm(self.model, self._bn_batches(), self.choice)
-            save_weights(self.model, weights)
+            with self._kept_weights():
+                recalibrate_batchnorm(self.model, self._bn_batches(), self.choice)
+                save_weights(self.model, weights)
         rf = measure_config_receptive_field(self.mc) if self.mc.architecture == "unet" else None
         elapsed = self.elapsed()
         info = self._info(status, {"duration_s": round(elapsed, 1)})
