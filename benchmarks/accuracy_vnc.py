@@ -130,7 +130,8 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
             "status": result.status, "device": result.device, "model": model.name,
             "predict_voxels_per_s": pred.voxels_per_second, "preset": preset,
             "patch_size": list(cfg.patch_size), "filters": model.filters, "dims": model.dims,
-            "hard_fraction": cfg.hard_fraction, "p_spatial": cfg.augment.p_spatial, **false_object, "plan": plan_text}
+            "hard_fraction": cfg.hard_fraction, "p_spatial": cfg.augment.p_spatial, "ema_decay": cfg.ema_decay,
+            **false_object, "plan": plan_text}
 
 
 def largest_false_object(reference: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -165,6 +166,7 @@ OVERRIDES = (("--loss", "loss", str, "override the preset's loss (e.g. dice_ce)"
              ("--batch-size", "batch_size", int, "override the preset's batch size (the planner then fits more or fewer steps)"),
              ("--hard-fraction", "hard_fraction", float, "error-driven sampling: share of patches at hard examples"),
              ("--spatial", "p_spatial", float, "share of patches given a random rotation, zoom and elastic deformation"),
+             ("--ema", "ema_decay", float, "validate, keep and save a moving average of the weights with this decay"),
              ("--slice-context", "slice_context", int, "2.5D (--preset plan only): neighbouring slices on each side as input"))
 
 

@@ -56,7 +56,7 @@ def test_train_predict_evaluate_from_the_command_line(stack: Path, capsys: pytes
     code = main(["train", str(model), "--image", str(stack / "img.tif"), "--masks", str(stack / "bright.tif"),
                  str(stack / "dark.tif"), "--val-slices", "6-7", "--output", "softmax", "--loss", "dice_ce",
                  "--schedule", "plateau", "--optimizer", "adamw", "--weight-decay", "0.01", "--label-focus", "0.5",
-                 "--no-rot90", "--normalization", "minmax", "--early-stopping", "5", *TINY_ARGS])
+                 "--no-rot90", "--normalization", "minmax", "--early-stopping", "5", "--ema", "0.99", *TINY_ARGS])
     assert code == 0
     out = capsys.readouterr().out
     assert "training completed" in out and "exported" in out
@@ -65,6 +65,7 @@ def test_train_predict_evaluate_from_the_command_line(stack: Path, capsys: pytes
     assert info["normalization"]["method"] == "minmax"
     cfg = info["training"]["config"]
     assert (cfg["loss"], cfg["lr_schedule"], cfg["optimizer"], cfg["label_focus"]) == ("dice_ce", "plateau", "adamw", 0.5)
+    assert cfg["ema_decay"] == 0.99
     assert cfg["augment"]["rot90"] is False and cfg["val_slices"] == "6-7"
     assert main(["info", str(model)]) == 0 and "bright, dark (softmax output)" in capsys.readouterr().out
     assert main(["predict", str(model), str(stack / "img.tif"), "-o", str(stack / "out"), "-q", "--outputs", "labels"]) == 0

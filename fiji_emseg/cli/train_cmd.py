@@ -84,6 +84,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--optimizer", choices=("adam", "adamw"), default="adam", help="optimizer (default adam)")
     t.add_argument("--lr", type=float_range(0.0, low_open=True), help="learning rate (default: planned, 2e-3; 1e-3 with --plan none)")
     t.add_argument("--weight-decay", type=float_range(0.0), default=0.0, help="weight decay (default 0)")
+    t.add_argument("--ema", type=float_range(0.0, 1.0), metavar="DECAY",
+                   help="validate, keep and save a moving average of the weights with this decay, e.g. 0.999 "
+                        "(default 0 = off: on vnc in 30/20 min it gave mito F1 0.896 vs 0.894, membrane 0.878 vs 0.878)")
     t.add_argument("--schedule", choices=("constant", "plateau", "cosine", "poly"),
                    help="learning-rate schedule (default cosine)")
     t.add_argument("--lr-patience", type=int_range(0), default=4, help="plateau schedule: epochs before reducing (default 4)")
