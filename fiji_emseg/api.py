@@ -245,7 +245,7 @@ def warn_before_the_wait(model_config: ModelConfig, cfg: TrainConfig, messages: 
     probe = probe_step_seconds(model_config, cfg)
     minutes = estimate_minutes(probe.seconds_per_step, cfg)
     messages.on_message(f"expected training time on this machine: about {_duration(minutes)} "
-                        f"({cfg.total_steps} steps at {probe.seconds_per_step:.3g} s/step, measured on {probe.device})")
+                        f"({cfg.total_steps} steps at {probe.seconds_per_step:.3g} s/step, {probe.describe()})")
     if probe.device == "cpu" and minutes > LONG_CPU_MINUTES and not cfg.time_limit_minutes:
         warnings.warn(
             f"this schedule takes about {_duration(minutes)} on this CPU; give a time budget instead "

@@ -172,6 +172,50 @@ def test_duration_estimate_is_within_2x_of_the_measured_step_time(tmp_path: Path
     assert 0.5 <= estimate / measured <= 2.0, (estimate, measured)
 
 
+def test_a_run_writes_its_step_time_back_and_the_next_plan_starts_from_it(tmp_path: Path) -> None:
+    s = discs((6, 96, 96), 8, 3, (50.0, 5.0, 5.0))
+    kw = {"classes": ("mito",), "time_limit_minutes": 5, "device": "cpu", "model_overrides": {"depth": 3, "filters": 8},
+          "train_overrides": {"patch_size": (64, 64), "batch_size": 4, "steps_per_epoch": 24}}
+    first = plan_training(fingerprint([s]), **kw)  # type: ignore[arg-type]
+    assert any("(measured on this machine)" in r for r in first.reasons), first.reasons
+    base = TrainConfig(seed=0, device="cpu", val_steps=0, bn_recalibration_batches=0, calibrate_thresholds=False)
+    times = _StepTimes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmsegWarning)
+        cfg = first.train_config(base).replace(epochs=1, fill_time_limit=False)  # 24 steps, not 5 minutes
+        train_model([s], tmp_path / "m", model_config=first.model_config(("mito",)), config=cfg, callbacks=[times])
+    measured = statistics.median(np.diff(times.t))
+    recorded = json.loads((tmp_path / "m" / "config.json").read_text())["training"]["median_step_s"]
+    assert 0.5 <= recorded / measured <= 2.0, (recorded, measured)
+    # a plan of the same network for another class reads the run's pace, and says so
+    again = plan_training(fingerprint([s]), **{**kw, "classes": ("er",)})  # type: ignore[arg-type]
+    assert again.seconds_per_step == pytest.approx(recorded, abs=1e-4)  # config.json rounds to 0.1 ms
+    assert any("the median step of an earlier run" in r for r in again.reasons), again.reasons
+    probe = probe_step_seconds(again.model_config(("er",)), again.train_config(base))
+    assert probe.cached and probe.source == "run" and "earlier run" in probe.describe()
+
+
+def test_a_short_run_and_a_broken_cache_leave_the_probe_alone(tmp_path: Path) -> None:
+    from fiji_emseg.engine.models.device import choose_device
+    from fiji_emseg.engine.training.step_probe import CACHE_NAME, MIN_RUN_STEPS, cache_dir, record_step_seconds
+
+    mc = ModelConfig(classes=("mito",), depth=2, filters=4)
+    cfg = TrainConfig(batch_size=2, patch_size=(32, 32), device="cpu")
+    choice = choose_device("cpu", cfg.amp, cfg.channels_last, 2)
+    assert record_step_seconds(mc, cfg, choice, [0.01] * (MIN_RUN_STEPS - 1)) is None
+    assert not (cache_dir() / CACHE_NAME).exists()  # too few steps: nothing written
+    probed = probe_step_seconds(mc, cfg)
+    assert not probed.cached and probed.source == "probe"
+    assert record_step_seconds(mc, cfg, choice, [5.0] * MIN_RUN_STEPS) == 5.0
+    assert probe_step_seconds(mc, cfg).seconds_per_step == 5.0
+    # an entry that is not a positive number of seconds is measured again, not trusted
+    path = cache_dir() / CACHE_NAME
+    entries = json.loads(path.read_text())
+    path.write_text(json.dumps({k: {"seconds": -1, "source": "run"} for k in entries}))
+    again = probe_step_seconds(mc, cfg)
+    assert not again.cached and 0 < again.seconds_per_step < 5.0
+
+
 def test_a_planned_run_fills_its_time_limit_at_its_own_pace_and_given_epochs_are_kept(tmp_path: Path) -> None:
     s = discs((6, 64, 64), 8, 3, (50.0, 5.0, 5.0))
     small = {"model_overrides": {"depth": 2, "filters": 4},

@@ -89,6 +89,7 @@ _TRAINING = {
         "monitor": _STR,
         "data": {"type": ["object", "null"]},
         "duration_s": _NUM,
+        "median_step_s": {**_NUM, "exclusiveMinimum": 0},
         "thresholds": {"type": ["object", "null"], "additionalProperties": {**_NUM, "minimum": 0, "maximum": 1}},
         "checkpoint_sha256": {"type": ["array", "null"], "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
     },

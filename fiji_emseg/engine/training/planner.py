@@ -35,8 +35,9 @@ What it decides, and why:
 - **No weight averaging** (``ema_decay`` stays 0 unless given): on vnc it reached the same
   validation plateau sooner but no higher (mito F1 0.896 vs 0.894, membrane 0.878 vs 0.878).
 - **Steps**: the measured seconds per step on this machine (:mod:`.step_probe`) into the budget,
-  less 10 % for validation and saving. That count is an estimate from a few probe steps, so the
-  run fills the budget (``fill_time_limit``): the cosine anneals over the time and the trainer
+  less 10 % for validation and saving. That count is an estimate from a few probe steps (or from
+  the median step of the last run of the same network on this machine, which each run writes
+  back), so the run fills the budget (``fill_time_limit``): the cosine anneals over the time and the trainer
   adds or drops epochs at the pace it measures itself.
 """
 
@@ -227,8 +228,14 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
     if slices and len(train["patch_size"]) == 2:  # an in-plane patch given for a 2.5D network
         train["patch_size"] = (slice_depth, *train["patch_size"])
     probe_cfg = base.replace(**{k: v for k, v in train.items() if k not in ("epochs", "steps_per_epoch")})
-    timer = step_timer or (lambda mc, cfg: probe_step_seconds(mc, cfg).seconds_per_step)
-    seconds = float(timer(ModelConfig(classes=classes, **model), probe_cfg))
+    how = "measured on this machine"
+    if step_timer is None:
+        probe = probe_step_seconds(ModelConfig(classes=classes, **model), probe_cfg)
+        seconds = probe.seconds_per_step
+        if probe.source == "run":
+            how = "the median step of an earlier run of this network on this machine"
+    else:
+        seconds = float(step_timer(ModelConfig(classes=classes, **model), probe_cfg))
     if "steps_per_epoch" not in train_over or "epochs" not in train_over:
         spe = int(train_over.get("steps_per_epoch", 250 if gpu else 100))
         usable = budget * 60.0 * (1 - OVERHEAD)
@@ -237,7 +244,7 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
         epochs = int(train_over.get("epochs", max(1, math.ceil(total / spe))))
         train.setdefault("steps_per_epoch", spe)
         train.setdefault("epochs", epochs)
-        reasons.append(f"{total} steps fit in {budget:g} min at {seconds:.3g} s/step (measured on this machine): "
+        reasons.append(f"{total} steps fit in {budget:g} min at {seconds:.3g} s/step ({how}): "
                        f"{epochs} epoch{'s' if epochs != 1 else ''} of {spe} steps")
     if "epochs" not in train_over:
         # a few probe steps can be off (another program busy, a cold cache): the run keeps

@@ -7,6 +7,12 @@ the same model, loss, optimiser, mixed precision and memory layout — on random
 steps after a warm-up, and takes the median. Results are cached by everything that changes them
 (torch version, device and CPU, threads, model and step settings) in a small JSON file, so a
 second plan on the same machine costs nothing.
+
+A probe of three steps is a guess: one slow step, another program busy or a machine slower today
+than the day it was cached moves it (a vnc membrane plan probed 0.70 s/step and ran at 0.55). So a
+training run writes back the median of its own steps (:func:`record_step_seconds`), hundreds of
+them under the real data pipeline, and the next plan of the same model on the same machine starts
+from that pace.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +38,7 @@ from ..models.unet import set_centre_only
 from .losses import SegmentationLoss
 from .train_config import TrainConfig
 
-__all__ = ["StepProbe", "cache_dir", "probe_step_seconds"]
+__all__ = ["StepProbe", "cache_dir", "probe_step_seconds", "record_step_seconds"]
 
 #: Where measured step times are kept (``EMSEG_CACHE_DIR`` overrides; tests use a temporary folder).
 CACHE_NAME = "step_times.json"
@@ -45,11 +52,21 @@ def cache_dir() -> Path:
     return Path(base) / "fiji-emseg"
 
 
+#: A run's pace is written back only from this many timed steps (a handful would be no better than a probe).
+MIN_RUN_STEPS = 20
+
+
 @dataclass(frozen=True)
 class StepProbe:
     seconds_per_step: float
     device: str
     cached: bool
+    #: "probe" (a few steps on random tensors) or "run" (the median step of an earlier training run)
+    source: str = "probe"
+
+    def describe(self) -> str:
+        how = "the median step of an earlier run" if self.source == "run" else "a probe"
+        return f"measured on {self.device}: {how}"
 
 
 def _key(model: ModelConfig, cfg: TrainConfig, choice: DeviceChoice) -> str:
@@ -58,10 +75,34 @@ def _key(model: ModelConfig, cfg: TrainConfig, choice: DeviceChoice) -> str:
     parts = {
         "torch": torch.__version__, "device": str(dev), "hardware": hw, "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(), "amp": str(choice.amp_dtype), "channels_last": choice.channels_last,
-        "model": model.to_dict(), "batch": cfg.batch_size, "patch": list(cfg.patch_size), "loss": cfg.loss,
-        "optimizer": cfg.optimizer,
+        # the classes' names do not change a step's cost, their number does (a mito plan and a
+        # membrane plan of the same network share one entry)
+        "model": {**model.to_dict(), "classes": model.n_classes}, "batch": cfg.batch_size, "patch": list(cfg.patch_size),
+        "loss": cfg.loss, "optimizer": cfg.optimizer,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _cached_entry(value: Any) -> tuple[float, str] | None:
+    """(seconds, source) of one cache entry; older versions stored the probe's seconds alone."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value), "probe"
+    if isinstance(value, dict):
+        seconds, source = value.get("seconds"), value.get("source")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0 and source in ("probe", "run"):
+            return float(seconds), str(source)
+    return None
+
+
+def _write_entry(key: str, entry: dict[str, Any]) -> None:
+    path = cache_dir() / CACHE_NAME
+    try:
+        data = _read_cache(path)
+        data[key] = entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, data, overwrite=True)
+    except OSError:  # a read-only home must not stop training
+        pass
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
@@ -126,18 +167,28 @@ def probe_step_seconds(model_config: ModelConfig, cfg: TrainConfig, *, warmup: i
         torch.set_num_threads(int(cfg.threads))
     choice = choose_device(cfg.device, cfg.amp, cfg.channels_last, model_config.dims)
     key = _key(model_config, cfg, choice)
-    path = cache_dir() / CACHE_NAME
     if use_cache:
-        hit = _read_cache(path).get(key)
-        if isinstance(hit, (int, float)) and hit > 0:
-            return StepProbe(float(hit), str(choice.device), True)
+        hit = _cached_entry(_read_cache(cache_dir() / CACHE_NAME).get(key))
+        if hit is not None:
+            return StepProbe(hit[0], str(choice.device), True, hit[1])
     seconds = _measure(model_config, cfg, choice, warmup, steps)
     if use_cache:
-        try:
-            data = _read_cache(path)
-            data[key] = seconds
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, data, overwrite=True)
-        except OSError:  # a read-only home must not stop training
-            pass
+        _write_entry(key, {"seconds": seconds, "source": "probe"})
     return StepProbe(seconds, str(choice.device), False)
+
+
+def record_step_seconds(model_config: ModelConfig, cfg: TrainConfig, choice: DeviceChoice,
+                        step_seconds: Sequence[float]) -> float | None:
+    """Cache the median of a run's *step_seconds* for the next plan of this model on this machine.
+
+    *step_seconds* are wall-clock times of whole training steps, waiting for the batch included
+    (validation and mining are not steps: the planner allows 10 % for them). Fewer than
+    :data:`MIN_RUN_STEPS` steps are not recorded. Returns the recorded median, or None.
+    """
+    if len(step_seconds) < MIN_RUN_STEPS:
+        return None
+    seconds = float(statistics.median(step_seconds))
+    if not seconds > 0:
+        return None
+    _write_entry(_key(model_config, cfg, choice), {"seconds": seconds, "source": "run", "steps": len(step_seconds)})
+    return seconds

@@ -63,6 +63,7 @@ from ..models.receptive_field import measure_config_receptive_field
 from ..models.unet import set_centre_only
 from .losses import SegmentationLoss
 from .sampling import Batch, BatchStream, PatchSampler, TrainingVolume
+from .step_probe import record_step_seconds
 from .train_config import TrainConfig
 from .training_log import LOG_NAME, PLOT_NAME, plot_training_curves, write_log_csv
 from .training_sources import file_sha256
@@ -316,6 +317,9 @@ class _Trainer:
             vrng = np.random.default_rng([self.seed, 1])
             self.val_batches = [vs.batch(self.cfg.batch_size, vrng, augment=False) for _ in range(self.cfg.val_steps)]
         self.has_bn = any(isinstance(m, _BN_TYPES) for m in self.model.modules())
+        #: wall-clock seconds of this run's steps (batch wait included), written back to the step-time
+        #: cache so the next plan of this network starts from a measured pace; not for a module brought in
+        self.step_seconds: list[float] | None = [] if module is None else None
 
         # state that a checkpoint carries
         self.epoch = 0  # completed epochs
@@ -595,7 +599,10 @@ class _Trainer:
                     while self.step_in_epoch < steps:
                         if stop.requested or self.cb.should_stop():
                             raise _Stop(stop.reason or "cancelled")
-                        loss = self._train_step(stream.next())
+                        t_step = time.perf_counter()
+                        loss = self._train_step(stream.next())  # float(): waits for the device
+                        if self.step_seconds is not None:
+                            self.step_seconds.append(time.perf_counter() - t_step)
                         self.step_in_epoch += 1
                         self.epoch_loss_sum += loss
                         done = self.epoch * steps + self.step_in_epoch
@@ -806,7 +813,9 @@ class _Trainer:
                 save_weights(self.model, weights)
         rf = measure_config_receptive_field(self.mc) if self.mc.architecture == "unet" else None
         elapsed = self.elapsed()
-        info = self._info(status, {"duration_s": round(elapsed, 1)})
+        pace = record_step_seconds(self.mc, self.cfg, self.choice, self.step_seconds) if self.step_seconds else None
+        info = self._info(status, {"duration_s": round(elapsed, 1),
+                                   **({"median_step_s": round(pace, 4)} if pace is not None else {})})
         info.receptive_field = rf
         write_model_info(self.model_dir, info)  # complete and loadable before thresholds are chosen with it
         calibration = self.calibrate_thresholds() if status != "interrupted" else {}
