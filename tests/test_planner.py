@@ -214,6 +214,10 @@ def test_a_short_run_and_a_broken_cache_leave_the_probe_alone(tmp_path: Path) ->
     path.write_text(json.dumps({k: {"seconds": -1, "source": "run"} for k in entries}))
     again = probe_step_seconds(mc, cfg)
     assert not again.cached and 0 < again.seconds_per_step < 5.0
+    # caches of earlier versions hold the probe's seconds alone
+    path.write_text(json.dumps(dict.fromkeys(entries, 0.25)))
+    old = probe_step_seconds(mc, cfg)
+    assert old.cached and old.seconds_per_step == 0.25 and old.source == "probe"
 
 
 def test_a_planned_run_fills_its_time_limit_at_its_own_pace_and_given_epochs_are_kept(tmp_path: Path) -> None:
