@@ -230,12 +230,12 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
     probe_cfg = base.replace(**{k: v for k, v in train.items() if k not in ("epochs", "steps_per_epoch")})
     how = "measured on this machine"
     if step_timer is None:
-        probe = probe_step_seconds(ModelConfig(classes=classes, **model), probe_cfg)
+        probe = probe_step_seconds(probe_model, probe_cfg)
         seconds = probe.seconds_per_step
         if probe.source == "run":
             how = "the median step of an earlier run of this network on this machine"
     else:
-        seconds = float(step_timer(ModelConfig(classes=classes, **model), probe_cfg))
+        seconds = float(step_timer(probe_model, probe_cfg))
     if "steps_per_epoch" not in train_over or "epochs" not in train_over:
         spe = int(train_over.get("steps_per_epoch", 250 if gpu else 100))
         usable = budget * 60.0 * (1 - OVERHEAD)

@@ -85,12 +85,10 @@ def _key(model: ModelConfig, cfg: TrainConfig, choice: DeviceChoice) -> str:
 
 def _cached_entry(value: Any) -> tuple[float, str] | None:
     """(seconds, source) of one cache entry; older versions stored the probe's seconds alone."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value), "probe"
-    if isinstance(value, dict):
-        seconds, source = value.get("seconds"), value.get("source")
-        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0 and source in ("probe", "run"):
-            return float(seconds), str(source)
+    entry = value if isinstance(value, dict) else {"seconds": value, "source": "probe"}
+    seconds, source = entry.get("seconds"), entry.get("source")
+    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0 and source in ("probe", "run"):
+        return float(seconds), str(source)
     return None
 
 
