@@ -53,6 +53,8 @@ def main() -> int:
     for r in rows:
         print(f"{r['class']:9s} {r['preset']:7s} {r['hard_fraction']:.2f}  {r['p_spatial']:.2f}  {r['f1']:.3f}  {r['iou']:.3f}  {r['precision']:.3f}     "
               f"{r['recall']:.3f}   {r['train_minutes']:.1f} min")
+        print(f"          wrong voxels within 1 px of the other mask: {r['edge_error_share']:.0%}; "
+              f"F1 forgiving them {r['f1_edge_tolerant']:.3f}")
     return 0
 
 
