@@ -18,7 +18,7 @@ from fiji_emseg.engine.data.sample import Sample
 from fiji_emseg.engine.models.device import choose_device
 from fiji_emseg.engine.models.model_config import ModelConfig
 from fiji_emseg.engine.training.augment import AugmentConfig
-from fiji_emseg.engine.training.hard_examples import mine_hard_examples
+from fiji_emseg.engine.training.hard_examples import _errors, mine_hard_examples
 from fiji_emseg.engine.training.sampling import PatchSampler, TrainingVolume
 from fiji_emseg.engine.training.train_config import TrainConfig
 from fiji_emseg.engine.training.trainer import CHECKPOINT_NAME, train_model
@@ -70,6 +70,35 @@ def test_mining_finds_the_region_where_the_model_is_wrong() -> None:
     assert 0 < len(found.centres) <= 10 and found.error_fraction > 0
     assert (found.centres[:, 3] >= 64 - 16).all()  # every hard centre lies where the errors are
     assert (np.diff(found.weights) <= 0).all()  # worst first
+
+
+def _square(mask: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
+    mask[..., y:y + size, x:x + size] = True
+    return mask
+
+
+def test_edge_disagreements_are_not_errors_but_missed_and_invented_objects_are() -> None:
+    truth = _square(np.zeros((1, 1, 64, 64), bool), 10, 10, 12)
+    truth = _square(truth, 40, 40, 10)  # an object the "model" misses entirely
+    pred = np.zeros_like(truth)
+    pred[..., 9:23, 11:23] = True  # the first object two pixels taller, shifted a pixel right
+    pred = _square(pred, 44, 10, 6)  # an invented object far from any label
+    logits = torch.from_numpy(np.where(pred, 4.0, -4.0).astype(np.float32))
+    wrong = _errors(logits, truth, None, "sigmoid")[0]
+    assert wrong[40:50, 40:50].all() and wrong[44:50, 10:16].all()  # the miss and the invention
+    assert wrong.sum() == 100 + 36  # nothing around the first object, though 48 of its voxels disagree
+    assert (pred != truth)[0, 0, :30, :30].sum() == 48
+
+    # the same with a softmax label map (0 background, 1 and 2 classes): class 2 predicted as class 1
+    labels = np.zeros((1, 64, 64), np.int64)
+    labels[0, 10:22, 10:22] = 1
+    labels[0, 40:50, 40:50] = 2
+    answer = labels.copy()
+    answer[0, 9:23, 9:23] = 1  # a pixel wider: forgiven
+    answer[0, 40:50, 40:50] = 1  # the right place, the wrong class: counted
+    onehot = torch.from_numpy(np.stack([answer == c for c in range(3)], 1).astype(np.float32)) * 8.0
+    wrong = _errors(onehot, labels, None, "softmax")[0]
+    assert wrong[40:50, 40:50].all() and wrong.sum() == 100
 
 
 def test_sampler_centres_that_share_of_patches_on_hard_examples() -> None:

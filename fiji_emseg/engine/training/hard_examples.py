@@ -8,7 +8,14 @@ augmentation, eval mode: a few forward passes, about the cost of a handful of tr
 counts the wrong voxels in each (false positives in background and misses in foreground, inside
 the annotated region), and keeps the worst candidates as *hard examples*: the centre of the
 densest errors in each, weighted by its error count. The sampler then centres a share of the
-next patches there (see :class:`.sampling.PatchSampler`). Only the chosen centres are kept, never
+next patches there (see :class:`.sampling.PatchSampler`).
+
+Wrong voxels within ``EDGE_TOLERANCE`` pixels (in-plane) of the other mask are not counted: a
+false positive next to a labelled voxel, or a miss next to a predicted one, is a boundary drawn
+a pixel wider or shifted, which annotators themselves disagree on. On thin classes such edge
+disagreements are most of the wrong voxels (vnc membrane: ~60 %, isbi2012: ~50 %), so counting
+them sends the mined patches to wherever membranes are thickest rather than to the missed or
+invented structures that mining is for. Only the chosen centres are kept, never
 a per-voxel error map, so memory does not grow with the volumes.
 """
 
@@ -18,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 from torch import nn
 
 from ..models.device import DeviceChoice
@@ -27,6 +35,8 @@ __all__ = ["HardExamples", "mine_hard_examples"]
 
 #: Errors are pooled over blocks of this many pixels (per axis) to find the densest place.
 POOL = 16
+#: Wrong voxels this close (pixels, in-plane) to the other mask are edge disagreements, not counted.
+EDGE_TOLERANCE = 1
 
 
 @dataclass(frozen=True)
@@ -38,15 +48,28 @@ class HardExamples:
 
     def describe(self) -> str:
         return (f"hard examples: {len(self.centres)} of {self.candidates} candidate patches kept; "
-                f"{self.error_fraction:.2%} of their voxels wrong")
+                f"{self.error_fraction:.2%} of their voxels wrong beyond {EDGE_TOLERANCE} px of an edge")
+
+
+def _grown(masks: np.ndarray) -> np.ndarray:
+    """(N, C, [Z,] Y, X) *masks* grown by ``EDGE_TOLERANCE`` px in-plane (sections can be thick)."""
+    if EDGE_TOLERANCE < 1:  # (scipy reads 0 iterations as "grow until nothing changes")
+        return np.zeros_like(masks)
+    square = np.ones((1,) * (masks.ndim - 2) + (3, 3), bool)
+    return ndi.binary_dilation(masks, square, iterations=EDGE_TOLERANCE)
 
 
 def _errors(logits: torch.Tensor, target: np.ndarray, valid: np.ndarray | None, output: str) -> np.ndarray:
-    """(N, [Z,] Y, X) boolean map of wrong voxels (any class)."""
+    """(N, [Z,] Y, X) boolean map of wrong voxels (any class), edge disagreements left out."""
     if output == "softmax":
-        wrong = logits.argmax(1).cpu().numpy() != target
+        labels = logits.argmax(1).cpu().numpy()
+        classes = np.arange(logits.shape[1]).reshape((1, -1) + (1,) * (labels.ndim - 1))
+        pred, truth = labels[:, None] == classes, target[:, None] == classes  # one-hot, background included
     else:
-        wrong = ((logits > 0).cpu().numpy() != (target > 0)).any(axis=1)
+        pred, truth = (logits > 0).cpu().numpy(), target > 0
+    false_pos = pred & ~truth & ~_grown(truth)
+    missed = truth & ~pred & ~_grown(pred)
+    wrong = (false_pos | missed).any(axis=1)
     if valid is not None:
         wrong &= valid
     return wrong
