@@ -44,7 +44,7 @@ class HardExamples:
     centres: np.ndarray  # (N, 4) int64: volume, z, y, x
     weights: np.ndarray  # (N,) error voxels in the candidate patch
     candidates: int
-    error_fraction: float  # wrong voxels / valid voxels over all candidates
+    error_fraction: float  # wrong voxels (edges left out) / valid voxels over all candidates
 
     def describe(self) -> str:
         return (f"hard examples: {len(self.centres)} of {self.candidates} candidate patches kept; "
