@@ -31,7 +31,7 @@ from torch import nn
 from ..models.device import DeviceChoice
 from .sampling import PatchSampler
 
-__all__ = ["HardExamples", "mine_hard_examples"]
+__all__ = ["EDGE_TOLERANCE", "HardExamples", "errors_beyond_edges", "mine_hard_examples"]
 
 #: Errors are pooled over blocks of this many pixels (per axis) to find the densest place.
 POOL = 16
@@ -51,12 +51,21 @@ class HardExamples:
                 f"{self.error_fraction:.2%} of their voxels wrong beyond {EDGE_TOLERANCE} px of an edge")
 
 
-def _grown(masks: np.ndarray) -> np.ndarray:
-    """(N, C, [Z,] Y, X) *masks* grown by ``EDGE_TOLERANCE`` px in-plane (sections can be thick)."""
-    if EDGE_TOLERANCE < 1:  # (scipy reads 0 iterations as "grow until nothing changes")
-        return np.zeros_like(masks)
-    square = np.ones((1,) * (masks.ndim - 2) + (3, 3), bool)
-    return ndi.binary_dilation(masks, square, iterations=EDGE_TOLERANCE)
+def errors_beyond_edges(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False positives and misses farther than ``EDGE_TOLERANCE`` px (in-plane) from the other mask.
+
+    Boolean arrays of any shape ending in (Y, X); leading axes (batch, class, Z) are never crossed,
+    as sections can be thick. The benchmarks score the same definition, so the share they print is
+    what mining leaves out.
+    """
+
+    def grown(masks: np.ndarray) -> np.ndarray:
+        if EDGE_TOLERANCE < 1:  # (scipy reads 0 iterations as "grow until nothing changes")
+            return masks
+        square = np.ones((1,) * (masks.ndim - 2) + (3, 3), bool)
+        return ndi.binary_dilation(masks, square, iterations=EDGE_TOLERANCE)
+
+    return pred & ~grown(truth), truth & ~grown(pred)
 
 
 def _errors(logits: torch.Tensor, target: np.ndarray, valid: np.ndarray | None, output: str) -> np.ndarray:
@@ -67,8 +76,7 @@ def _errors(logits: torch.Tensor, target: np.ndarray, valid: np.ndarray | None, 
         pred, truth = labels[:, None] == classes, target[:, None] == classes  # one-hot, background included
     else:
         pred, truth = (logits > 0).cpu().numpy(), target > 0
-    false_pos = pred & ~truth & ~_grown(truth)
-    missed = truth & ~pred & ~_grown(pred)
+    false_pos, missed = errors_beyond_edges(pred, truth)
     wrong = (false_pos | missed).any(axis=1)
     if valid is not None:
         wrong &= valid
