@@ -603,6 +603,10 @@ FAILURES = {
     "missing model folder": ("Predict_EM_Model.py", lambda f, m: {
         "image_file": str(f["image"]), "model_folder": str(m), "output_folder": str(m.parent / "out")},
         "does not exist; choose the folder that Train EM Model wrote"),
+    # what SciJava hands a command for a macro's image=[title] that names no window (title '', no pixels)
+    "image that holds no pixels": ("Train_EM_Model.py", lambda f, m: {
+        "image": jclass("ij.ImagePlus")(), "masks": "mask", "model_folder": str(m)},
+        "the image given is not an open image (it holds no pixels); select its window, or name it with image=[title]"),
     "mask window that is not open": ("Measure_EM_Objects.py", lambda f, m: {"masks": "no such window"},
                                      "no image window is called 'no such window'"),
     "probability map without threshold": ("Evaluate_EM_Segmentation.py", lambda f, m: {

@@ -107,6 +107,12 @@ def headless_run(ij2_fiji: tuple[Path, str], crop: dict[str, Path],  # noqa: F81
             + f"File.saveString('the macro went on', '{marker}'); return 'went on';"},
         {"kind": "script", "name": "Evaluate_EM_Segmentation.py", "inputs": {
             "reference_files": mito, "prediction_files": str(crop["shifted"]), "output_folder": str(work / "shift")}},
+        # a misspelt image=[title]: SciJava hands the command an empty ImagePlus, not an error
+        {"kind": "macro", "code": open_windows
+            + f"run('Predict EM Model', 'image=[stak] model_folder=[{model}] use_gpu=false'); return 'went on';"},
+        {"kind": "macro", "code": open_windows
+            + f"run('Train EM Model', 'image=[stak] masks=[mito mask] model_folder=[{work / 'misspelt'}] epochs=1 "
+              "steps=2 batch_size=2 patch_size=64 depth=2 filters=4 use_gpu=false'); return 'went on';"},
     ]
     rc, results, texts = run_driver(app, work / "home", steps, work / "driver")
     return {"rc": rc, "results": results, "texts": texts, "work": work, "model": model, "pred": pred,
@@ -200,6 +206,14 @@ def test_a_failed_command_aborts_its_macro(headless_run: dict[str, Any]) -> None
     assert run["results"][12].get("value") in (None, "[aborted]")  # IJ.runMacro's answer for an aborted macro
     assert not run["marker"].exists()  # the next macro line never ran
     assert "ERROR: no image window is called 'no such window'" in run["texts"][13]
+
+
+@pytest.mark.parametrize("step", [14, 15])  # Predict, Train
+def test_a_misspelt_image_title_in_a_macro_is_named_in_the_error(headless_run: dict[str, Any], step: int) -> None:
+    assert headless_run["results"][step].get("value") in (None, "[aborted]"), headless_run["texts"][step + 1][-2000:]
+    errors = [line for line in headless_run["texts"][step + 1].splitlines() if line.startswith("ERROR: ")]
+    assert errors == ["ERROR: no image window is called 'stak'; open it, or check the title in the Window menu"], errors
+    assert not (headless_run["work"] / "misspelt").exists()
 
 
 # -- headless --run: one fresh process each, exit code read by the test -------------------------------

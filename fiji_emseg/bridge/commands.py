@@ -192,6 +192,27 @@ def _current_image(what: str) -> Any:
     return imp
 
 
+def _given_image(image: Any, what: str) -> Any:
+    """The ImagePlus a command was given (its ``image`` input), else the current image.
+
+    A macro's ``image=[title]`` naming no open window does not fail in SciJava: with the title
+    converter declining, a fallback converter builds ``new ImagePlus(title)``, which opens no file
+    and holds no pixels (title '', bit depth 0). Caught here, so the user reads which title was not
+    found instead of an unsupported bit depth.
+    """
+    if image is None:
+        return _current_image(what)
+    if image.getProcessor() is not None:
+        return image
+    macro = jclass("ij.Macro")
+    options = macro.getOptions()
+    title = _text(macro.getValue(options, "image", "")) if options is not None else ""
+    if title:
+        raise InputDataError(f"no image window is called {title!r}; open it, or check the title in the Window menu")
+    raise InputDataError(f"the {what} given is not an open image (it holds no pixels); select its window, "
+                         "or name it with image=[title]")
+
+
 def _files(text: Any, what: str, folder_ok: bool = True) -> list[Path]:
     """Comma-separated files; a folder stands for the TIFF stacks in it (sorted by name)."""
     from ..engine.data.volume_io import expand_stack_paths
@@ -424,7 +445,7 @@ def _training_sample(image: Any, masks: Any, image_file: Any, mask_files: Any, c
         slices = _one_based(annotated_slices, n)
         names = split_list(classes) or None
         return load_sample(paths[0], mask_paths, names, annotated_slices=slices)
-    imp = image if image is not None else _current_image("image")
+    imp = _given_image(image, "image")
     titles = _titles(masks)
     if not titles:
         raise ConfigError("masks is empty; give the mask window titles, one per class (e.g. masks=[mito mask]), "
@@ -629,7 +650,7 @@ def _predict_window(predictor: Any, progress: FijiProgress, image: Any, output_f
     from ..engine.data.volume_io import write_volume
     from ..engine.inference.prediction_output import OutputSpec, output_file_names
 
-    imp = image if image is not None else _current_image("image")
+    imp = _given_image(image, "image")
     title = str(imp.getTitle())
     classes = list(predictor.model_config.classes)
     out = _text(output_folder)
@@ -886,7 +907,7 @@ def package_command(*, model_folder: str = "", image: Any = None, image_file: st
             sample: Any = paths[0]
             name = paths[0].name
         else:
-            imp = image if image is not None else _current_image("sample image")
+            imp = _given_image(image, "sample image")
             sample, _ = image_to_volume(imp)
             name = str(imp.getTitle())
         _make_folder(out.parent)
