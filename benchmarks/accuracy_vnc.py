@@ -133,6 +133,7 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
             "predict_voxels_per_s": pred.voxels_per_second, "preset": preset,
             "patch_size": list(cfg.patch_size), "filters": model.filters, "dims": model.dims,
             "hard_fraction": cfg.hard_fraction, "p_spatial": cfg.augment.p_spatial, "ema_decay": cfg.ema_decay,
+            "deep_supervision": cfg.deep_supervision,
             **false_object, **edge_errors(reference, predicted), "plan": plan_text}
 
 
@@ -188,6 +189,7 @@ OVERRIDES = (("--loss", "loss", str, "override the preset's loss (e.g. dice_ce)"
              ("--hard-fraction", "hard_fraction", float, "error-driven sampling: share of patches at hard examples"),
              ("--spatial", "p_spatial", float, "share of patches given a random rotation, zoom and elastic deformation"),
              ("--ema", "ema_decay", float, "validate, keep and save a moving average of the weights with this decay"),
+             ("--deep-supervision", "deep_supervision", int, "auxiliary losses on this many coarser decoder levels"),
              ("--slice-context", "slice_context", int, "2.5D (--preset plan only): neighbouring slices on each side as input"))
 
 

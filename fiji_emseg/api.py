@@ -97,7 +97,7 @@ class TrainRequest:
             label_focus=0.8 if a.label_focus is None else a.label_focus, augment=augment, seed=a.seed, device=a.device, amp=a.amp,
             threads=a.threads, deterministic=a.deterministic, bn_recalibration_batches=a.bn_recalibration,
             checkpoint_minutes=a.checkpoint_minutes, time_limit_minutes=a.time_limit,
-            hard_fraction=a.hard_fraction or 0.0, ema_decay=a.ema or 0.0)
+            hard_fraction=a.hard_fraction or 0.0, ema_decay=a.ema or 0.0, deep_supervision=a.deep_supervision)
         norm = None
         if a.normalization != "percentile" or a.norm_low is not None or a.norm_high is not None:
             kw: dict[str, Any] = {"method": a.normalization}

@@ -51,6 +51,16 @@ TINY_ARGS = ["--depth", "2", "--filters", "4", "--epochs", "2", "--steps", "3", 
              "--patch-size", "32", "32", "--val-steps", "1", "--bn-recalibration", "1", "--seed", "1", "-q"]
 
 
+def test_deep_supervision_reaches_the_trainer_and_a_too_shallow_net_is_refused_before_anything_is_written(
+        stack: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = stack / "ds_model"
+    code = main(["train", str(model), "--image", str(stack / "img.tif"), "--masks", str(stack / "bright.tif"),
+                 "--deep-supervision", "1", *TINY_ARGS])  # depth 2: no level below full resolution
+    assert code != 0
+    assert "use depth 3 or more, or deep supervision 0" in capsys.readouterr().err
+    assert not model.exists()
+
+
 def test_train_predict_evaluate_from_the_command_line(stack: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = stack / "model"
     code = main(["train", str(model), "--image", str(stack / "img.tif"), "--masks", str(stack / "bright.tif"),

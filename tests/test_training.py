@@ -140,10 +140,11 @@ def test_keep_best_off_saves_the_last_epoch(tmp_path: Path) -> None:
     assert all(torch.equal(final[k], last[k]) for k in final)
 
 
-@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
-def test_resume_after_interruption_continues_to_the_same_model(tmp_path: Path, ema_decay: float) -> None:
+@pytest.mark.parametrize(("ema_decay", "deep_supervision"), [(0.0, 0), (0.9, 0), (0.0, 1)])
+def test_resume_after_interruption_continues_to_the_same_model(tmp_path: Path, ema_decay: float,
+                                                               deep_supervision: int) -> None:
     sample = blob_sample(seed=2)
-    cfg = tiny_cfg(epochs=3, steps_per_epoch=6, ema_decay=ema_decay)
+    cfg = tiny_cfg(epochs=3, steps_per_epoch=6, ema_decay=ema_decay, deep_supervision=deep_supervision)
     full = train_model([sample], tmp_path / "full", model_config=TINY, config=cfg)
     stopper = Recorder(stop_after_steps=9)  # mid-way through epoch 2
     part = train_model([sample], tmp_path / "part", model_config=TINY, config=cfg, callbacks=[stopper])
@@ -152,6 +153,7 @@ def test_resume_after_interruption_continues_to_the_same_model(tmp_path: Path, e
     state = torch.load(tmp_path / "part" / CHECKPOINT_NAME, weights_only=True)
     assert state["epoch"] == 1 and state["step_in_epoch"] == 3
     assert (state["ema"] is not None) == bool(ema_decay)  # a weight average goes on where it was
+    assert (state["deep_supervision"] is not None) == bool(deep_supervision)  # so do the auxiliary heads
     rec = Recorder()
     resumed = train_model([sample], tmp_path / "part", resume=True, callbacks=[rec])
     assert resumed.status == "completed" and resumed.epochs_run == 3

@@ -86,6 +86,10 @@ class TrainConfig:
     #: the live weights. The decay used at step t is min(ema_decay, (1 + t) / (10 + t)), so the
     #: average spans about the last tenth of the steps so far, up to 1 / (1 - ema_decay) steps.
     ema_decay: float = 0.0
+    #: Deep supervision (nnU-Net's): this many decoder levels below full resolution also get a
+    #: 1×1 head and a loss against the downsampled target, weighted 1, 1/2, 1/4 … (0 = off).
+    #: The heads are dropped after training: the saved model is the plain U-Net.
+    deep_supervision: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -128,6 +132,8 @@ class TrainConfig:
             raise ConfigError(f"hard-example fraction must be in [0, 1) (e.g. 0.25), got {self.hard_fraction}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"weight-average decay must be in [0, 1) (e.g. 0.999; 0 = off), got {self.ema_decay}")
+        if self.deep_supervision < 0:
+            raise ConfigError(f"deep supervision must be 0 (off) or a number of decoder levels, got {self.deep_supervision}")
         if self.hard_every < 1 or self.hard_candidates < 1:
             raise ConfigError("hard_every and hard_candidates must be at least 1")
 

@@ -13,6 +13,8 @@ What this does that DeepSCEM does not (FIELD_NOTES §1):
 - *Weights can be averaged* (``ema_decay``): an exponential moving average of the weights is
   what is validated, kept and saved, with BatchNorm recalibrated for it; the live weights go on
   training. A short run on a few slices ends on noisy weights, and the average smooths them.
+- *Deep supervision* (``deep_supervision``, nnU-Net's): coarser decoder levels get auxiliary
+  heads and losses during training only (:mod:`.deep_supervision`); the saved model is unchanged.
 - *Validation never crashes*: with no validation data the monitor falls back to the training loss,
   and validation samples are kept apart from training samples whatever their names.
 
@@ -61,6 +63,7 @@ from ..models.model_store import (
 )
 from ..models.receptive_field import measure_config_receptive_field
 from ..models.unet import set_centre_only
+from .deep_supervision import DeepSupervision
 from .losses import SegmentationLoss
 from .sampling import Batch, BatchStream, PatchSampler, TrainingVolume
 from .step_probe import record_step_seconds
@@ -288,7 +291,12 @@ class _Trainer:
             self.model.to(memory_format=torch.channels_last if self.dims == 2 else torch.channels_last_3d)
         self.loss_fn = SegmentationLoss(self.cfg.loss, model_config.output, model_config.n_classes,
                                         self.cfg.class_weights).to(self.choice.device)
-        params = self.model.parameters()
+        #: Auxiliary heads on coarser decoder levels (``deep_supervision``), trained but never saved.
+        self.deep_sup: DeepSupervision | None = None
+        if self.cfg.deep_supervision:
+            self.deep_sup = DeepSupervision(self.model, self.cfg.deep_supervision, model_config.out_channels)
+            self.deep_sup.to(self.choice.device)
+        params = [*self.model.parameters(), *(self.deep_sup.parameters() if self.deep_sup is not None else ())]
         if self.cfg.optimizer == "adamw":
             self.opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)
         else:
@@ -416,6 +424,7 @@ class _Trainer:
             "elapsed": self.elapsed(),
             "sampler_rng": rng_state,
             "ema": self.ema,
+            "deep_supervision": None if self.deep_sup is None else self.deep_sup.state_dict(),
             "hard_centres": None if self.sampler.hard_centres is None else torch.from_numpy(self.sampler.hard_centres),
             "hard_weights": None if self.sampler.hard_weights is None else torch.from_numpy(self.sampler.hard_weights),
             "torch_rng": torch.get_rng_state(),
@@ -466,6 +475,10 @@ class _Trainer:
             raise ModelFileError(f"cannot resume: {path} is not a fiji-emseg checkpoint")
         try:
             self.model.load_state_dict(state["model"])
+            if self.deep_sup is not None:
+                if state.get("deep_supervision") is None:
+                    raise KeyError("no deep-supervision heads")
+                self.deep_sup.load_state_dict(state["deep_supervision"])
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError) as exc:
@@ -583,7 +596,8 @@ class _Trainer:
             "train_samples": len(self.train_samples), "val_batches": len(self.val_batches)})
         self.cb.on_message(
             f"training {self.mc.name} ({sum(p.numel() for p in self.model.parameters()):,} parameters) on "
-            f"{self.choice.describe()}; seed {self.seed}; model folder {self.model_dir}")
+            f"{self.choice.describe()}; seed {self.seed}; model folder {self.model_dir}"
+            + (f"; deep supervision of {cfg.deep_supervision} coarser levels" if self.deep_sup is not None else ""))
         rng = np.random.default_rng()
         rng.bit_generator.state = self.rng_state
         status = "completed"
@@ -638,6 +652,8 @@ class _Trainer:
             self.save_checkpoint(stream.resume_state)
         finally:
             stream.close()
+            if self.deep_sup is not None:
+                self.deep_sup.remove()  # the model leaves training as it came: no hooks on its decoders
         return self._finish(status)
 
     def _seconds_per_step(self) -> float:
@@ -678,9 +694,19 @@ class _Trainer:
 
     def _train_step(self, batch: Batch) -> float:
         x, y, v = _to_device(batch, self.choice, self.dims)
-        with self.choice.autocast():
-            logits = self.model(x)
-        loss = self.loss_fn(logits, y, v)
+        if self.deep_sup is None:
+            with self.choice.autocast():
+                logits = self.model(x)
+            loss = self.loss_fn(logits, y, v)
+        else:
+            self.deep_sup.capturing = True
+            try:
+                with self.choice.autocast():
+                    logits = self.model(x)
+                    aux = self.deep_sup()
+            finally:
+                self.deep_sup.capturing = False
+            loss = self.deep_sup.loss(self.loss_fn, logits, aux, y, v)
         if not torch.isfinite(loss):
             raise OutputError(
                 f"training diverged (loss is {float(loss.detach())}) at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}; "
