@@ -35,7 +35,8 @@ What it decides, and why:
 - **No weight averaging** (``ema_decay`` stays 0 unless given): on vnc it reached the same
   validation plateau sooner but no higher (mito F1 0.896 vs 0.894, membrane 0.878 vs 0.878).
 - **No deep supervision** (``deep_supervision`` stays 0 unless given): two auxiliary levels gave
-  vnc mito 0.892 vs 0.894, membrane 0.878 vs 0.876 and isbi2012 0.804 vs 0.817 (seed 0 each).
+  vnc mito 0.892 vs 0.894, membrane 0.878 vs 0.876 and isbi2012 0.804 / 0.812 vs 0.817 / 0.812
+  (seeds 0 / 1; the vnc runs seed 0).
 - **Steps**: the measured seconds per step on this machine (:mod:`.step_probe`) into the budget,
   less 10 % for validation and saving. That count is an estimate from a few probe steps (or from
   the median step of the last run of the same network on this machine, which each run writes
