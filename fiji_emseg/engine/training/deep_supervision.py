@@ -90,8 +90,7 @@ class DeepSupervision(nn.Module):
             if out.ndim == logits.ndim - 1:  # a 2.5D network's inner 2D U-Net: (N, K, Y, X) for (N, K, 1, Y, X)
                 out = out.unsqueeze(2)
             size = out.shape[2:]
-            total = total + w * loss_fn(out, _resize_target(target, size, logits.ndim),
-                                        None if valid is None else _resize_mask(valid, size))
+            total = total + w * loss_fn(out, _nearest(target, size), None if valid is None else _nearest(valid, size))
         return total
 
     def remove(self) -> None:
@@ -106,12 +105,9 @@ def _width(level: nn.Module) -> int:
     return int(convs[-1].out_channels)
 
 
-def _resize_target(target: torch.Tensor, size: torch.Size, logits_ndim: int) -> torch.Tensor:
-    """Nearest-neighbour downsampling: (N, C, ...) 0/1 targets, or (N, ...) label maps (softmax)."""
-    if target.ndim == logits_ndim:
-        return F.interpolate(target.float(), size=tuple(size), mode="nearest").to(target.dtype)
-    return F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest")[:, 0].to(target.dtype)
-
-
-def _resize_mask(valid: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    return F.interpolate(valid[:, None].float(), size=tuple(size), mode="nearest")[:, 0] > 0.5
+def _nearest(t: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """*t* brought to the spatial *size* by nearest neighbour, in its own dtype: (N, C, ...)
+    sigmoid targets, or (N, ...) softmax label maps and annotated-region masks."""
+    flat = t.ndim == len(size) + 1  # no channel axis
+    out = F.interpolate((t[:, None] if flat else t).float(), size=tuple(size), mode="nearest")
+    return (out[:, 0] if flat else out).to(t.dtype)
