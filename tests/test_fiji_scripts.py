@@ -607,6 +607,10 @@ FAILURES = {
     "image that holds no pixels": ("Train_EM_Model.py", lambda f, m: {
         "image": jclass("ij.ImagePlus")(), "masks": "mask", "model_folder": str(m)},
         "the image given is not an open image (it holds no pixels); select its window, or name it with image=[title]"),
+    # checked before the model loads: the model named here is broken ('{}' as config.json) and is never read
+    "image that holds no pixels, given to Predict": ("Predict_EM_Model.py", lambda f, m: {
+        "image": jclass("ij.ImagePlus")(), "model_folder": str(f["model"])},
+        "the image given is not an open image (it holds no pixels); select its window, or name it with image=[title]"),
     "mask window that is not open": ("Measure_EM_Objects.py", lambda f, m: {"masks": "no such window"},
                                      "no image window is called 'no such window'"),
     "probability map without threshold": ("Evaluate_EM_Segmentation.py", lambda f, m: {

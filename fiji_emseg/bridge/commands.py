@@ -177,11 +177,14 @@ def _titles(text: Any) -> list[str]:
     return split_list(whole)
 
 
+def _no_window_called(title: str, hint: str = "") -> InputDataError:
+    return InputDataError(f"no image window is called {title!r}; open it, or check the title in the Window menu{hint}")
+
+
 def _image_by_title(title: str) -> Any:
     imp = jclass("ij.WindowManager").getImage(title)
     if imp is None:
-        raise InputDataError(f"no image window is called {title!r}; open it, or check the title in the Window menu "
-                             "(titles are separated by commas)")
+        raise _no_window_called(title, " (titles are separated by commas)")
     return imp
 
 
@@ -208,7 +211,7 @@ def _given_image(image: Any, what: str) -> Any:
     options = macro.getOptions()
     title = _text(macro.getValue(options, "image", "")) if options is not None else ""
     if title:
-        raise InputDataError(f"no image window is called {title!r}; open it, or check the title in the Window menu")
+        raise _no_window_called(title)
     raise InputDataError(f"the {what} given is not an open image (it holds no pixels); select its window, "
                          "or name it with image=[title]")
 
@@ -528,6 +531,7 @@ def predict_command(*, image: Any = None, image_file: str = "", model_folder: st
         store = _chunked_input(image_file) if file_mode else None
         if store is not None:
             return _predict_store(model, store, output_folder, config, bool(overwrite))
+        imp = None if file_mode else _given_image(image, "image")  # a misspelt title fails before the model loads
         with Predictor(model, config) as predictor:
             mc = predictor.model_config
             ij_log(f"{PREDICT_TITLE}: model {model} ({', '.join(mc.classes)}, {mc.output}); "
@@ -536,7 +540,7 @@ def predict_command(*, image: Any = None, image_file: str = "", model_folder: st
                 try:
                     if file_mode:
                         return _predict_files(predictor, progress, image_file, output_folder, bool(overwrite))
-                    return _predict_window(predictor, progress, image, output_folder, bool(show_probabilities),
+                    return _predict_window(predictor, progress, imp, output_folder, bool(show_probabilities),
                                            bool(show_overlay), bool(overwrite))
                 except InterruptedError:
                     status = "cancelled: prediction stopped; no result was shown or written"
@@ -645,12 +649,11 @@ def _predict_files(predictor: Any, progress: FijiProgress, image_file: Any, outp
     return {"status": status, "mask_titles": ""}
 
 
-def _predict_window(predictor: Any, progress: FijiProgress, image: Any, output_folder: Any,
+def _predict_window(predictor: Any, progress: FijiProgress, imp: Any, output_folder: Any,
                     show_probabilities: bool, show_overlay: bool, overwrite: bool) -> dict[str, str]:
     from ..engine.data.volume_io import write_volume
     from ..engine.inference.prediction_output import OutputSpec, output_file_names
 
-    imp = _given_image(image, "image")
     title = str(imp.getTitle())
     classes = list(predictor.model_config.classes)
     out = _text(output_folder)
