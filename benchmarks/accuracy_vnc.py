@@ -188,6 +188,8 @@ OVERRIDES = (("--loss", "loss", str, "override the preset's loss (e.g. dice_ce)"
              ("--batch-size", "batch_size", int, "override the preset's batch size (the planner then fits more or fewer steps)"),
              ("--hard-fraction", "hard_fraction", float, "error-driven sampling: share of patches at hard examples"),
              ("--spatial", "p_spatial", float, "share of patches given a random rotation, zoom and elastic deformation"),
+             ("--optimizer", "optimizer", str, "override the preset's optimizer (adam or adamw)"),
+             ("--weight-decay", "weight_decay", float, "override the preset's weight decay (decoupled with --optimizer adamw)"),
              ("--ema", "ema_decay", float, "validate, keep and save a moving average of the weights with this decay"),
              ("--deep-supervision", "deep_supervision", int, "auxiliary losses on this many coarser decoder levels"),
              ("--slice-context", "slice_context", int, "2.5D (--preset plan only): neighbouring slices on each side as input"))
