@@ -124,6 +124,11 @@ def test_plan_follows_voxel_size_object_size_budget_and_device() -> None:
     off = plan_training(aniso, classes=classes, time_limit_minutes=10, device="cpu", step_timer=constant_timer(0.5),
                         train_overrides={"hard_fraction": 0.0})
     assert off.train["hard_fraction"] == 0.0 and "hard_fraction" in off.overridden
+    # the headline states what will be trained, overrides included
+    adamw = plan_training(aniso, classes=classes, time_limit_minutes=10, device="cpu", step_timer=constant_timer(0.5),
+                          train_overrides={"optimizer": "adamw", "weight_decay": 0.01})
+    assert "AdamW lr 0.002, weight decay 0.01 (cosine)" in adamw.describe().splitlines()[0]
+    assert "Adam lr 0.002 (cosine)" in a.describe().splitlines()[0]
     # no budget given: a default one, and the plan says so
     e = plan_training(aniso, classes=classes, device="cpu", step_timer=constant_timer(0.5))
     assert e.budget_minutes == 30 and "no time limit given" in e.reasons[0]

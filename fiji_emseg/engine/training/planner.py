@@ -112,10 +112,13 @@ class TrainingPlan:
     def describe(self) -> str:
         m, t = self.model, self.train
         patch = "x".join(str(p) for p in t["patch_size"])
+        optimizer = {"adam": "Adam", "adamw": "AdamW"}.get(str(t.get("optimizer", "adam")), str(t.get("optimizer")))
+        decay = float(t.get("weight_decay", 0.0))
         lines = [
             f"plan for {self.budget_minutes:g} min on {self.device}: {'2.5' if m.get('slice_context') else m['dims']}D U-Net, depth {m['depth']}, "
             f"{m['filters']} filters; patch {patch}, batch {t['batch_size']}, {t['loss']} loss, label focus "
-            f"{t['label_focus']:g}, hard examples {float(t.get('hard_fraction', 0.0)):g}, Adam lr {t['learning_rate']:g} ({t['lr_schedule']}); "
+            f"{t['label_focus']:g}, hard examples {float(t.get('hard_fraction', 0.0)):g}, {optimizer} lr {t['learning_rate']:g}"
+            f"{f', weight decay {decay:g}' if decay else ''} ({t['lr_schedule']}); "
             f"{t['epochs']} x {t['steps_per_epoch']} steps at {self.seconds_per_step:.3g} s/step "
             f"(measured) -> about {self.estimated_minutes:.0f} min",
         ]
