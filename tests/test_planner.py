@@ -119,6 +119,10 @@ def test_plan_follows_voxel_size_object_size_budget_and_device() -> None:
     assert any(r.startswith("error-driven sampling") for r in a.reasons)
     short = plan_training(aniso, classes=classes, time_limit_minutes=2, device="cpu", step_timer=constant_timer(0.5))
     assert short.train["epochs"] < 6 and short.train["hard_fraction"] == 0.0
+    for plan in (a, d, short):  # the epochs hold the steps that fit, not whole epochs of 100 past the budget
+        fit = int(next(r for r in plan.reasons if " steps fit in " in r).split()[0])
+        assert 0 <= plan.train["epochs"] * plan.train["steps_per_epoch"] - fit < plan.train["epochs"], plan.describe()
+    assert short.train["steps_per_epoch"] < 100
     assert any(r.startswith("no error-driven sampling") for r in short.reasons)
     assert not any(r.startswith("error-driven sampling") for r in short.reasons)
     off = plan_training(aniso, classes=classes, time_limit_minutes=10, device="cpu", step_timer=constant_timer(0.5),

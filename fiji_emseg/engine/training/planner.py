@@ -248,6 +248,8 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
         total = max(1, int(usable / max(seconds, 1e-6)))
         spe = max(1, min(spe, total))
         epochs = int(train_over.get("epochs", max(1, math.ceil(total / spe))))
+        if not train_over.keys() & {"steps_per_epoch", "epochs"}:
+            spe = math.ceil(total / epochs)  # epochs x steps = the steps that fit (227: 3 of 76, not 3 of 100)
         train.setdefault("steps_per_epoch", spe)
         train.setdefault("epochs", epochs)
         reasons.append(f"{total} steps fit in {budget:g} min at {seconds:.3g} s/step ({how}): "
