@@ -33,10 +33,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     add_override_args(parser)
     parser.add_argument("--keep", metavar="DIR", help="keep models and predictions in DIR")
+    parser.add_argument("--data", type=Path, default=DATA, help="the isbi2012 folder (default ../shared/data/isbi2012)")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args()
-    if not (DATA / "image.tif").exists():
-        print(f"skipped: {DATA} is absent (the benchmark needs ../shared/data/isbi2012)")
+    if not (args.data / "image.tif").exists():
+        print(f"skipped: {args.data} is absent (the benchmark needs ../shared/data/isbi2012, or --data)")
         return 0
     warnings.simplefilter("ignore")
     rows = []
@@ -47,7 +48,7 @@ def main() -> int:
             print(f"== membrane: preset {preset}, budget {args.minutes:g} min", flush=True)
             rows.append(run_class("membrane", preset, args.minutes, args.device, work, args.seed, args.quiet,
                                   overrides_from(args), False,
-                                  data=DATA, split=SPLIT))
+                                  data=args.data, split=SPLIT))
             print(json.dumps(rows[-1]), flush=True)
     print("\nclass     preset  hard  spat  F1     IoU    precision recall  train")
     for r in rows:

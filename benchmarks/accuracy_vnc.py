@@ -219,10 +219,11 @@ def main() -> int:
     add_override_args(parser)
     parser.add_argument("--tta", action="store_true", help="predict the test slices with test-time augmentation")
     parser.add_argument("--keep", metavar="DIR", help="keep models and predictions in DIR (default: a temporary folder)")
+    parser.add_argument("--data", type=Path, default=DATA, help="the vnc_sstem folder (default ../shared/data/vnc_sstem)")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args()
-    if not (DATA / "image.tif").exists():
-        print(f"skipped: {DATA} is absent (the benchmark needs ../shared/data/vnc_sstem)")
+    if not (args.data / "image.tif").exists():
+        print(f"skipped: {args.data} is absent (the benchmark needs ../shared/data/vnc_sstem, or --data)")
         return 0
     import torch
 
@@ -239,7 +240,7 @@ def main() -> int:
                 minutes = None if args.no_limit else budgets.get(cls)
                 print(f"== {cls}: preset {preset}, budget {minutes if minutes else 'none'} min", flush=True)
                 rows.append(run_class(cls, preset, minutes, args.device, work, args.seed, args.quiet, overrides_from(args),
-                                      args.tta))
+                                      args.tta, data=args.data))
                 print(json.dumps(rows[-1]), flush=True)
     print("\nclass     preset  hard  spat  F1     IoU    prec   recall F1/slice        train   | DeepSCEM F1  IoU   (min) | target")
     for r in rows:
