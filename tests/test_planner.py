@@ -229,6 +229,24 @@ def test_a_short_run_and_a_broken_cache_leave_the_probe_alone(tmp_path: Path) ->
     assert old.cached and old.seconds_per_step == 0.25 and old.source == "probe"
 
 
+def test_deep_supervision_and_weight_averaging_are_probed_apart_from_plain_steps() -> None:
+    from fiji_emseg.engine.models.device import choose_device
+    from fiji_emseg.engine.training.step_probe import MIN_RUN_STEPS, record_step_seconds
+
+    mc = ModelConfig(classes=("mito",), depth=3, filters=4)
+    cfg = TrainConfig(batch_size=2, patch_size=(32, 32), device="cpu")
+    choice = choose_device("cpu", cfg.amp, cfg.channels_last, 2)
+    assert record_step_seconds(mc, cfg, choice, [5.0] * MIN_RUN_STEPS) == 5.0  # a plain run's pace
+    for extra in ({"deep_supervision": 1}, {"ema_decay": 0.99}):
+        other = probe_step_seconds(mc, cfg.replace(**extra))
+        assert not other.cached and other.seconds_per_step < 5.0, extra  # measured, not the plain run's pace
+        assert probe_step_seconds(mc, cfg.replace(**extra)).cached  # and kept under its own key
+    assert probe_step_seconds(mc, cfg).seconds_per_step == 5.0  # the plain entry is untouched
+    # the probe builds the heads as the trainer does: a level the network lacks is refused
+    with pytest.raises(ConfigError, match="has 1 decoder levels below full resolution"):
+        probe_step_seconds(ModelConfig(classes=("mito",), depth=3, filters=4), cfg.replace(deep_supervision=2))
+
+
 def test_a_planned_run_fills_its_time_limit_at_its_own_pace_and_given_epochs_are_kept(tmp_path: Path) -> None:
     s = discs((6, 64, 64), 8, 3, (50.0, 5.0, 5.0))
     small = {"model_overrides": {"depth": 2, "filters": 4},

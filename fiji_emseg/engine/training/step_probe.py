@@ -35,6 +35,7 @@ from ..models.architectures import build_model
 from ..models.device import DeviceChoice, choose_device
 from ..models.model_config import ModelConfig
 from ..models.unet import set_centre_only
+from .deep_supervision import DeepSupervision
 from .losses import SegmentationLoss
 from .train_config import TrainConfig
 
@@ -80,6 +81,12 @@ def _key(model: ModelConfig, cfg: TrainConfig, choice: DeviceChoice) -> str:
         "model": {**model.to_dict(), "classes": model.n_classes}, "batch": cfg.batch_size, "patch": list(cfg.patch_size),
         "loss": cfg.loss, "optimizer": cfg.optimizer,
     }
+    # what else a step costs, keyed only when on, so that the entries of plain steps keep their keys:
+    # deep supervision's heads and losses (measured by the probe), the weight average's update
+    if cfg.deep_supervision:
+        parts["deep_supervision"] = cfg.deep_supervision
+    if cfg.ema_decay:
+        parts["ema"] = True
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -119,7 +126,9 @@ def _measure(model_config: ModelConfig, cfg: TrainConfig, choice: DeviceChoice, 
     if choice.channels_last:
         net = net.to(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
     loss_fn = SegmentationLoss(cfg.loss, model_config.output, model_config.n_classes, cfg.class_weights).to(choice.device)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+    deep = DeepSupervision(net, cfg.deep_supervision, model_config.out_channels).to(choice.device) \
+        if cfg.deep_supervision else None
+    opt = torch.optim.Adam([*net.parameters(), *(deep.parameters() if deep is not None else ())], lr=cfg.learning_rate)
     scaler = torch.amp.GradScaler("cuda") if choice.uses_scaler else None
     patch = tuple(cfg.patch_size)
     context = model_config.slice_context
@@ -140,9 +149,17 @@ def _measure(model_config: ModelConfig, cfg: TrainConfig, choice: DeviceChoice, 
         if choice.device.type == "cuda":
             torch.cuda.synchronize(choice.device)
         t0 = time.perf_counter()
-        with choice.autocast():
-            logits = net(x)
-        loss = loss_fn(logits, y, None)
+        if deep is None:
+            with choice.autocast():
+                logits = net(x)
+            loss = loss_fn(logits, y, None)
+        else:  # as the trainer's step: the heads read the decoders inside the same autocast
+            deep.capturing = True
+            with choice.autocast():
+                logits = net(x)
+                aux = deep()
+            deep.capturing = False
+            loss = deep.loss(loss_fn, logits, aux, y, None)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
