@@ -20,8 +20,9 @@
 #                  plan): about 2 x (MIN + 1) min
 #   default CLASS  DeepSCEM's full 64 x 256 schedule on one vnc class (accuracy_vnc.py --preset default
 #                  --no-limit), the baseline issue 13 compares a 10-minute plan with
-# A session has 15 minutes of device time in all, machine starts included: 'speed' and 'plan 3' fit; the
-# issue's full comparison (10-minute plans and the default schedule on both classes) does not fit one session.
+# The durations are estimates: no part has run on a GPU yet. A session has 15 minutes of device time in all,
+# machine starts included: 'speed' and 'plan 3' should fit; the issue's full comparison (10-minute plans and
+# the default schedule on both classes) does not fit one session.
 # DRY_RUN=1 runs each part's code here on the CPU at a tiny size (plumbing only, no figures):
 #     PYVER=3.11 GPU_DIR=/tmp/gpu bash benchmarks/gpu_session.sh prepare
 #     DRY_RUN=1 GPU_DIR=/tmp/gpu bash benchmarks/gpu_session.sh run plan 0.3
