@@ -58,9 +58,11 @@ run() {
         device=cpu train_speed=(--device cpu --quick) predict_speed=(--device cuda --gpu-dry-run --quick)
     fi
     case "$part" in
-        speed)
-            python3 benchmarks/train_speed.py "${train_speed[@]}" 2>&1 | tee "$out/train_speed.txt"
-            python3 benchmarks/predict_speed.py "${predict_speed[@]}" 2>&1 | tee "$out/predict_speed.txt" ;;
+        speed)  # both run even if the first fails; the part fails if either did
+            local rc=0
+            python3 benchmarks/train_speed.py "${train_speed[@]}" 2>&1 | tee "$out/train_speed.txt" || rc=1
+            python3 benchmarks/predict_speed.py "${predict_speed[@]}" 2>&1 | tee "$out/predict_speed.txt" || rc=1
+            return $rc ;;
         plan)
             local minutes=${2:?"plan needs the minutes per class"}
             python3 benchmarks/accuracy_vnc.py --data "$dest/data/vnc_sstem" --device "$device" --preset plan \
