@@ -12,6 +12,8 @@ any :class:`~fiji_emseg.engine.models.unet.UNet` (2D, 3D, or inside a 2.5D netwo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -21,7 +23,7 @@ from torch import nn
 from ...errors import ConfigError
 from ..models.unet import UNet
 
-__all__ = ["DeepSupervision", "find_unet", "max_deep_supervision"]
+__all__ = ["DeepSupervision", "find_unet", "max_deep_supervision", "training_loss"]
 
 
 def find_unet(model: nn.Module) -> UNet | None:
@@ -97,6 +99,26 @@ class DeepSupervision(nn.Module):
         """Take the hooks off the decoders (at the end of training)."""
         for h in self._hooks:
             h.remove()
+
+
+def training_loss(model: nn.Module, x: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None,
+                  loss_fn: nn.Module, autocast: Callable[[], AbstractContextManager[Any]],
+                  deep: DeepSupervision | None) -> torch.Tensor:
+    """One training step's loss: the forward pass under *autocast*, with deep supervision's
+    auxiliary logits read inside the same autocast when *deep* is given. The trainer and the
+    step probe both call it, so the probe times the step the trainer takes."""
+    if deep is None:
+        with autocast():
+            logits = model(x)
+        return loss_fn(logits, target, valid)
+    deep.capturing = True
+    try:
+        with autocast():
+            logits = model(x)
+            aux = deep()
+    finally:
+        deep.capturing = False
+    return deep.loss(loss_fn, logits, aux, target, valid)
 
 
 def _width(level: nn.Module) -> int:

@@ -35,7 +35,7 @@ from ..models.architectures import build_model
 from ..models.device import DeviceChoice, choose_device
 from ..models.model_config import ModelConfig
 from ..models.unet import set_centre_only
-from .deep_supervision import DeepSupervision
+from .deep_supervision import DeepSupervision, training_loss
 from .losses import SegmentationLoss
 from .train_config import TrainConfig
 
@@ -149,17 +149,7 @@ def _measure(model_config: ModelConfig, cfg: TrainConfig, choice: DeviceChoice, 
         if choice.device.type == "cuda":
             torch.cuda.synchronize(choice.device)
         t0 = time.perf_counter()
-        if deep is None:
-            with choice.autocast():
-                logits = net(x)
-            loss = loss_fn(logits, y, None)
-        else:  # as the trainer's step: the heads read the decoders inside the same autocast
-            deep.capturing = True
-            with choice.autocast():
-                logits = net(x)
-                aux = deep()
-            deep.capturing = False
-            loss = deep.loss(loss_fn, logits, aux, y, None)
+        loss = training_loss(net, x, y, None, loss_fn, choice.autocast, deep)  # the trainer's step
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

@@ -63,7 +63,7 @@ from ..models.model_store import (
 )
 from ..models.receptive_field import measure_config_receptive_field
 from ..models.unet import set_centre_only
-from .deep_supervision import DeepSupervision
+from .deep_supervision import DeepSupervision, training_loss
 from .losses import SegmentationLoss
 from .sampling import Batch, BatchStream, PatchSampler, TrainingVolume
 from .step_probe import record_step_seconds
@@ -694,19 +694,7 @@ class _Trainer:
 
     def _train_step(self, batch: Batch) -> float:
         x, y, v = _to_device(batch, self.choice, self.dims)
-        if self.deep_sup is None:
-            with self.choice.autocast():
-                logits = self.model(x)
-            loss = self.loss_fn(logits, y, v)
-        else:
-            self.deep_sup.capturing = True
-            try:
-                with self.choice.autocast():
-                    logits = self.model(x)
-                    aux = self.deep_sup()
-            finally:
-                self.deep_sup.capturing = False
-            loss = self.deep_sup.loss(self.loss_fn, logits, aux, y, v)
+        loss = training_loss(self.model, x, y, v, self.loss_fn, self.choice.autocast, self.deep_sup)
         if not torch.isfinite(loss):
             raise OutputError(
                 f"training diverged (loss is {float(loss.detach())}) at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}; "
