@@ -187,6 +187,7 @@ def test_a_run_writes_its_step_time_back_and_the_next_plan_starts_from_it(tmp_pa
           "train_overrides": {"patch_size": (64, 64), "batch_size": 4, "steps_per_epoch": 24}}
     first = plan_training(fingerprint([s]), **kw)  # type: ignore[arg-type]
     assert any("(measured on this machine)" in r for r in first.reasons), first.reasons
+    assert "s/step (measured) ->" in first.describe().splitlines()[0], first.describe()
     base = TrainConfig(seed=0, device="cpu", val_steps=0, bn_recalibration_batches=0, calibrate_thresholds=False)
     times = _StepTimes()
     with warnings.catch_warnings():
@@ -200,6 +201,9 @@ def test_a_run_writes_its_step_time_back_and_the_next_plan_starts_from_it(tmp_pa
     again = plan_training(fingerprint([s]), **{**kw, "classes": ("er",)})  # type: ignore[arg-type]
     assert again.seconds_per_step == pytest.approx(recorded, abs=1e-4)  # config.json rounds to 0.1 ms
     assert any("the median step of an earlier run" in r for r in again.reasons), again.reasons
+    # ... in its headline too, also once saved and read back (emseg info shows the saved plan)
+    for shown in (again, TrainingPlan.from_dict(json.loads(json.dumps(again.to_dict())))):
+        assert "s/step (median of an earlier run) ->" in shown.describe().splitlines()[0], shown.describe()
     probe = probe_step_seconds(again.model_config(("er",)), again.train_config(base))
     assert probe.cached and probe.source == "run" and "earlier run" in probe.describe()
 

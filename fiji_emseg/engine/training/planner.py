@@ -76,6 +76,9 @@ MIN_3D_RUN = 16
 HARD_FRACTION = 0.25
 MIN_HARD_EPOCHS = 6
 
+#: How the headline names where the seconds per step came from.
+STEP_SOURCES = {"probe": "measured", "run": "median of an earlier run"}
+
 StepTimer = Callable[[ModelConfig, TrainConfig], float]
 
 
@@ -92,6 +95,9 @@ class TrainingPlan:
     reasons: tuple[str, ...] = ()
     overridden: tuple[str, ...] = ()
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    #: Where ``seconds_per_step`` came from: ``"probe"`` (timed now, or a cached probe) or ``"run"``
+    #: (the median step an earlier training run of this network recorded on this machine).
+    step_source: str = "probe"
 
     def model_config(self, classes: tuple[str, ...]) -> ModelConfig:
         return ModelConfig(classes=classes, **self.model)
@@ -103,14 +109,14 @@ class TrainingPlan:
         return {"model": dict(self.model), "train": dict(self.train), "budget_minutes": self.budget_minutes,
                 "seconds_per_step": self.seconds_per_step, "estimated_minutes": self.estimated_minutes,
                 "device": self.device, "reasons": list(self.reasons), "overridden": list(self.overridden),
-                "fingerprint": dict(self.fingerprint)}
+                "fingerprint": dict(self.fingerprint), "step_source": self.step_source}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainingPlan:
         return cls(model=dict(d["model"]), train=dict(d["train"]), budget_minutes=float(d["budget_minutes"]),
                    seconds_per_step=float(d["seconds_per_step"]), estimated_minutes=float(d["estimated_minutes"]),
                    device=str(d["device"]), reasons=tuple(d.get("reasons", ())), overridden=tuple(d.get("overridden", ())),
-                   fingerprint=dict(d.get("fingerprint", {})))
+                   fingerprint=dict(d.get("fingerprint", {})), step_source=str(d.get("step_source", "probe")))
 
     def describe(self) -> str:
         m, t = self.model, self.train
@@ -123,7 +129,7 @@ class TrainingPlan:
             f"{t['label_focus']:g}, hard examples {float(t.get('hard_fraction', 0.0)):g}, {optimizer} lr {t['learning_rate']:g}"
             f"{f', weight decay {decay:g}' if decay else ''} ({t['lr_schedule']}); "
             f"{t['epochs']} x {t['steps_per_epoch']} steps at {self.seconds_per_step:.3g} s/step "
-            f"(measured) -> about {self.estimated_minutes:.0f} min",
+            f"({STEP_SOURCES.get(self.step_source, self.step_source)}) -> about {self.estimated_minutes:.0f} min",
         ]
         lines += [f"  - {r}" for r in self.reasons]
         if self.overridden:
@@ -237,11 +243,12 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
     if slices and len(train["patch_size"]) == 2:  # an in-plane patch given for a 2.5D network
         train["patch_size"] = (slice_depth, *train["patch_size"])
     probe_cfg = base.replace(**{k: v for k, v in train.items() if k not in ("epochs", "steps_per_epoch")})
-    how = "measured on this machine"
+    how, source = "measured on this machine", "probe"
     if step_timer is None:
         probe = probe_step_seconds(probe_model, probe_cfg)
         seconds = probe.seconds_per_step
         if probe.source == "run":
+            source = "run"
             how = "the median step of an earlier run of this network on this machine"
     else:
         seconds = float(step_timer(probe_model, probe_cfg))
@@ -276,4 +283,4 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
     return TrainingPlan(model=model, train={**train, "patch_size": [int(v) for v in train["patch_size"]]},
                         budget_minutes=budget, seconds_per_step=seconds,
                         estimated_minutes=estimate_minutes(seconds, cfg), device=kind, reasons=tuple(reasons),
-                        overridden=tuple(overridden), fingerprint=fp.to_dict())
+                        overridden=tuple(overridden), fingerprint=fp.to_dict(), step_source=source)
