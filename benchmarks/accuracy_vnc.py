@@ -190,6 +190,7 @@ OVERRIDES = (("--loss", "loss", str, "override the preset's loss (e.g. dice_ce)"
              ("--spatial", "p_spatial", float, "share of patches given a random rotation, zoom and elastic deformation"),
              ("--optimizer", "optimizer", str, "override the preset's optimizer (adam or adamw)"),
              ("--weight-decay", "weight_decay", float, "override the preset's weight decay (decoupled with --optimizer adamw)"),
+             ("--monitor", "monitor", str, "keep the epoch with the best val_loss (default) or val_f1"),
              ("--ema", "ema_decay", float, "validate, keep and save a moving average of the weights with this decay"),
              ("--deep-supervision", "deep_supervision", int, "auxiliary losses on this many coarser decoder levels"),
              ("--slice-context", "slice_context", int, "2.5D (--preset plan only): neighbouring slices on each side as input"))
