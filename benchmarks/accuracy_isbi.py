@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy_vnc import ROOT, add_override_args, overrides_from, run_class  # noqa: E402
+from accuracy_vnc import ROOT, add_override_args, overrides_from, pace_line, run_class  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "isbi2012"
 SPLIT = (slice(0, 20), slice(20, 25), slice(25, 30))
@@ -54,6 +54,7 @@ def main() -> int:
     for r in rows:
         print(f"{r['class']:9s} {r['preset']:7s} {r['hard_fraction']:.2f}  {r['p_spatial']:.2f}  {r['f1']:.3f}  {r['iou']:.3f}  {r['precision']:.3f}     "
               f"{r['recall']:.3f}   {r['train_minutes']:.1f} min")
+        print(pace_line(r))
         print(f"          wrong voxels within 1 px of the other mask: {r['edge_error_share']:.0%}; "
               f"F1 forgiving them {r['f1_edge_tolerant']:.3f}")
     return 0

@@ -90,7 +90,7 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
     p_spatial = overrides.pop("p_spatial", None)  # an augmentation setting, not a TrainConfig field
     filters = int(given_filters if given_filters is not None else 16 if preset == "cpu" else 32)  # type: ignore[call-overload]
     model = ModelConfig(classes=(cls,), filters=filters)
-    plan_text = ""
+    plan_text, probe_s = "", None
     if preset == "plan":
         # options go to the planner, as `emseg train` gives them: it measures the step time of the
         # model it will train (a --filters override changes the steps that fit) and lists them
@@ -99,7 +99,7 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
                              model_overrides={**({} if given_filters is None else {"filters": filters}),
                                               **({"slice_context": context} if context else {})},
                              train_overrides=overrides)
-        plan_text = plan.describe()
+        plan_text, probe_s = plan.describe(), plan.seconds_per_step
         print(plan_text, flush=True)
         model, cfg = plan.model_config((cls,)), plan.train_config(base)
         overrides = {}
@@ -133,8 +133,23 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
             "predict_voxels_per_s": pred.voxels_per_second, "preset": preset,
             "patch_size": list(cfg.patch_size), "filters": model.filters, "dims": model.dims,
             "hard_fraction": cfg.hard_fraction, "p_spatial": cfg.augment.p_spatial, "ema_decay": cfg.ema_decay,
-            "deep_supervision": cfg.deep_supervision,
+            "deep_supervision": cfg.deep_supervision, "probe_step_s": probe_s,
+            "median_step_s": json.loads((model_dir / "config.json").read_text())["training"].get("median_step_s"),
             **false_object, **edge_errors(reference, predicted), "plan": plan_text}
+
+
+def pace_line(row: dict[str, object]) -> str:
+    """How fast this machine trained, for comparing runs made at different times.
+
+    A shared 2-core machine's pace drifts: in one session the planner's probe measured 0.44 s per
+    step of the membrane plan at the start of a run and 0.65-0.75 s twenty minutes later, so a run
+    at a slow hour fits fewer epochs into the same minutes. Rows with different paces compare
+    different amounts of training, not only different recipes.
+    """
+    probe = f" (the plan's probe before it: {row['probe_step_s']:.3g} s)" if row.get("probe_step_s") else ""
+    median = row.get("median_step_s")
+    return (f"          pace: {row['epochs']} epochs (best {row['best_epoch']}), median step "
+            f"{median:.3g} s{probe}" if median else f"          pace: {row['epochs']} epochs (best {row['best_epoch']})")
 
 
 def largest_false_object(reference: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -259,6 +274,7 @@ def main() -> int:
               f"{r['train_minutes']:5.1f} min | {ref_txt:22s} | {tgt} {met}")
         if ref:
             print(f"          ratio to DeepSCEM: F1 x{float(r['f1']) / ref[0]:.3f}, training time x{float(r['train_minutes']) / ref[2]:.2f}")
+        print(pace_line(r))
         print(f"          largest predicted object with no reference voxel: {r['false_object_voxels']} voxels; "
               f"F1 without it {r['f1_without_false_object']:.3f}")
         print(f"          wrong voxels within 1 px of the other mask: {r['edge_error_share']:.0%}; "
