@@ -72,6 +72,7 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
     from fiji_emseg.engine.evaluation.evaluation import evaluate
     from fiji_emseg.engine.inference.predictor import PredictConfig, predict
     from fiji_emseg.engine.models.model_config import ModelConfig
+    from fiji_emseg.engine.models.model_store import read_model_info
     from fiji_emseg.engine.training.fingerprint import fingerprint
     from fiji_emseg.engine.training.planner import plan_training
     from fiji_emseg.engine.training.train_config import TrainConfig
@@ -134,7 +135,7 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
             "patch_size": list(cfg.patch_size), "filters": model.filters, "dims": model.dims,
             "hard_fraction": cfg.hard_fraction, "p_spatial": cfg.augment.p_spatial, "ema_decay": cfg.ema_decay,
             "deep_supervision": cfg.deep_supervision, "probe_step_s": probe_s,
-            "median_step_s": json.loads((model_dir / "config.json").read_text())["training"].get("median_step_s"),
+            "median_step_s": read_model_info(model_dir).training.get("median_step_s"),
             **false_object, **edge_errors(reference, predicted), "plan": plan_text}
 
 
@@ -146,10 +147,12 @@ def pace_line(row: dict[str, object]) -> str:
     at a slow hour fits fewer epochs into the same minutes. Rows with different paces compare
     different amounts of training, not only different recipes.
     """
-    probe = f" (the plan's probe before it: {row['probe_step_s']:.3g} s)" if row.get("probe_step_s") else ""
-    median = row.get("median_step_s")
-    return (f"          pace: {row['epochs']} epochs (best {row['best_epoch']}), median step "
-            f"{median:.3g} s{probe}" if median else f"          pace: {row['epochs']} epochs (best {row['best_epoch']})")
+    line = f"          pace: {row['epochs']} epochs (best {row['best_epoch']})"
+    if row.get("median_step_s"):
+        line += f", median step {row['median_step_s']:.3g} s"
+        if row.get("probe_step_s"):
+            line += f" (the plan's probe before it: {row['probe_step_s']:.3g} s)"
+    return line
 
 
 def largest_false_object(reference: np.ndarray, predicted: np.ndarray) -> dict[str, float]:

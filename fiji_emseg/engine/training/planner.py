@@ -243,15 +243,13 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
     if slices and len(train["patch_size"]) == 2:  # an in-plane patch given for a 2.5D network
         train["patch_size"] = (slice_depth, *train["patch_size"])
     probe_cfg = base.replace(**{k: v for k, v in train.items() if k not in ("epochs", "steps_per_epoch")})
-    how, source = "measured on this machine", "probe"
     if step_timer is None:
         probe = probe_step_seconds(probe_model, probe_cfg)
-        seconds = probe.seconds_per_step
-        if probe.source == "run":
-            source = "run"
-            how = "the median step of an earlier run of this network on this machine"
+        seconds, source = probe.seconds_per_step, probe.source
     else:
-        seconds = float(step_timer(probe_model, probe_cfg))
+        seconds, source = float(step_timer(probe_model, probe_cfg)), "probe"
+    how = ("the median step of an earlier run of this network on this machine" if source == "run"
+           else "measured on this machine")
     if "steps_per_epoch" not in train_over or "epochs" not in train_over:
         spe = int(train_over.get("steps_per_epoch", 250 if gpu else 100))
         usable = budget * 60.0 * (1 - OVERHEAD)
