@@ -134,7 +134,8 @@ def test_threshold_calibration_can_be_turned_off(tmp_path: Path) -> None:
 
 def test_keep_best_off_saves_the_last_epoch(tmp_path: Path) -> None:
     cfg = tiny_cfg(epochs=3, keep_best=False)
-    train_model([blob_sample()], tmp_path / "m", model_config=TINY, config=cfg)
+    r = train_model([blob_sample()], tmp_path / "m", model_config=TINY, config=cfg)
+    assert r.best_epoch == 3 == r.best_metrics["epoch"]  # the epoch the saved weights hold
     final = _state(tmp_path / "m")
     last = torch.load(tmp_path / "m" / CHECKPOINT_NAME, weights_only=True)["model"]
     assert all(torch.equal(final[k], last[k]) for k in final)
@@ -375,6 +376,63 @@ def test_validation_samples_are_used_even_with_the_training_name(tmp_path: Path)
     # on an all-background validation set F1 is 1 only if nothing is predicted; on training data it is not
     assert r.best_metrics["val_f1"]["bright"] != pytest.approx(train_model(
         [train], tmp_path / "n", model_config=TINY, config=tiny_cfg(epochs=1)).best_metrics["val_f1"]["bright"])
+
+
+class Messages(Callback):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def on_message(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def _labelled_only_in(sample: Sample, z: slice) -> Sample:
+    masks = np.zeros_like(sample.masks)
+    masks[:, z] = sample.masks[:, z]
+    return Sample(sample.name, sample.image, masks, sample.class_names)
+
+
+def test_training_on_validation_slices_learns_from_them_and_keeps_the_last_epoch(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """nnU-Net's fold "all": the held-out slices are trained on; nothing is chosen on data seen."""
+    from fiji_emseg.cli.main import main
+
+    only_val = _labelled_only_in(blob_sample(), slice(6, 8))  # every labelled voxel in validation slices 6-7
+    with pytest.raises(InputDataError, match="every class is empty in the training data"):
+        train_model([only_val], tmp_path / "held", model_config=TINY, config=tiny_cfg(epochs=1))
+    said = Messages()
+    r = train_model([only_val], tmp_path / "seen", model_config=TINY, callbacks=[said],
+                    config=tiny_cfg(epochs=3, train_on_validation=True))
+    training = json.loads((tmp_path / "seen" / "config.json").read_text())["training"]
+    assert r.status == "completed" and training["data"]["validation_trained_on"] is True
+    assert training["config"]["keep_best"] is False and training["config"]["calibrate_thresholds"] is False
+    assert "thresholds" not in training
+    assert any("also trained on" in line and "last epoch is kept" in line for line in said.lines)
+    assert all(row["val_loss"] is not None for row in r.history)  # the curve is still drawn
+    assert r.best_epoch == 3 and [row["best"] for row in r.history] == [1, 1, 1]  # each epoch saved: the last kept
+    final, last = _state(tmp_path / "seen"), torch.load(tmp_path / "seen" / CHECKPOINT_NAME, weights_only=True)["model"]
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    assert main(["info", str(tmp_path / "seen")]) == 0
+    assert "kept epoch:     3 (bright F1" in capsys.readouterr().out
+    # held out (the default), the same run keeps its best epoch and calibrates on the unseen slices
+    plain = json.loads((train_model([blob_sample()], tmp_path / "plain", model_config=TINY,
+                                    config=tiny_cfg(epochs=1)).files["config"]).read_text())["training"]
+    assert "thresholds" in plain and "validation_trained_on" not in plain["data"]
+
+
+def test_validation_images_join_the_training_images_when_trained_on(tmp_path: Path) -> None:
+    train = _labelled_only_in(blob_sample(), slice(0, 0))  # no labelled voxel in the training image
+    val = blob_sample(seed=4, name="val")
+    with pytest.raises(InputDataError, match="every class is empty in the training data"):
+        train_model([train], tmp_path / "held", model_config=TINY, val_samples=[val], config=tiny_cfg(val_slices=None))
+    r = train_model([train], tmp_path / "seen", model_config=TINY, val_samples=[val],
+                    config=tiny_cfg(epochs=1, val_slices=None, train_on_validation=True))
+    data = json.loads(r.files["config"].read_text())["training"]["data"]
+    assert [d["name"] for d in data["train"]] == ["blobs", "val"] and data["validation_trained_on"] is True
+    # without validation data the option changes nothing
+    with pytest.warns(EmsegWarning, match="validation is off"):
+        alone = train_model([blob_sample()], tmp_path / "alone", model_config=TINY,
+                            config=tiny_cfg(epochs=1, val_slices=None, val_steps=0, train_on_validation=True))
+    assert json.loads(alone.files["config"].read_text())["training"]["config"]["keep_best"] is True
 
 
 def test_zero_validation_steps_does_not_crash(tmp_path: Path) -> None:

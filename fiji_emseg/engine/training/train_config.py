@@ -46,6 +46,12 @@ class TrainConfig:
     val_steps: int = 8
     #: Slices held out of every training sample for validation, e.g. "12-15" (0-based).
     val_slices: str | None = None
+    #: Also train on the validation data (validation slices or images), as nnU-Net's fold "all":
+    #: with a few tens of annotated slices, the held-out ones are a quarter of what there is to
+    #: learn from. Validation still runs each epoch, but on data the network has seen, so it
+    #: measures fit, not generalisation: the last epoch is kept (``keep_best`` off) and mask
+    #: thresholds stay 0.5 (``calibrate_thresholds`` off). Without validation data it changes nothing.
+    train_on_validation: bool = False
     keep_best: bool = True
     monitor: str = "val_loss"
     #: Stop after this many epochs without improvement of ``monitor``; 0 = never.

@@ -247,7 +247,17 @@ class _Trainer:
         if self.cfg.val_slices and val_samples:
             raise ConfigError("give either validation samples or validation slices, not both")
         if self.cfg.val_slices:
+            given = list(train_samples)
             train_samples, val_samples = split_validation_slices(train_samples, self.cfg.val_slices)
+            if self.cfg.train_on_validation:
+                train_samples = given  # held out for the validation curve only
+        elif self.cfg.train_on_validation and val_samples:
+            train_samples = [*train_samples, *val_samples]
+        #: The validation data is also trained on (``train_on_validation``): its curve measures fit.
+        self.val_seen = bool(self.cfg.train_on_validation and val_samples)
+        if self.val_seen and (self.cfg.keep_best or self.cfg.calibrate_thresholds):
+            # choosing an epoch or a threshold on data the network has seen would choose for that data
+            self.cfg = self.cfg.replace(keep_best=False, calibrate_thresholds=False)
         classes = validate_dataset(train_samples, "training")
         if tuple(classes) != tuple(model_config.classes):
             raise InputDataError(
@@ -522,6 +532,7 @@ class _Trainer:
             "data": {
                 "train": [{"name": s.name, "shape": list(s.shape)} for s in self.train_samples],
                 "validation": [{"name": s.name, "shape": list(s.shape)} for s in self.val_samples],
+                **({"validation_trained_on": True} if self.val_seen else {}),
                 "calibration": self.train_samples[0].calibration.to_dict(),
                 **({"sources": self.sources} if self.sources else {}),
             },
@@ -598,6 +609,9 @@ class _Trainer:
             f"training {self.mc.name} ({sum(p.numel() for p in self.model.parameters()):,} parameters) on "
             f"{self.choice.describe()}; seed {self.seed}; model folder {self.model_dir}"
             + (f"; deep supervision of {cfg.deep_supervision} coarser levels" if self.deep_sup is not None else ""))
+        if self.val_seen:
+            self.cb.on_message("the validation data is also trained on: its loss and F1 below measure fit, not "
+                               "generalisation; the last epoch is kept and mask thresholds stay 0.5")
         rng = np.random.default_rng()
         rng.bit_generator.state = self.rng_state
         status = "completed"
@@ -770,13 +784,17 @@ class _Trainer:
                 value, better = float(val_loss), (lambda a, b: a < b)  # type: ignore[arg-type]
             else:
                 value, better = train_loss, (lambda a, b: a < b)
-            is_best = self.best_value is None or better(value, self.best_value)
-            if is_best:
-                self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0
-                self.best_metrics = {"epoch": self.epoch, "loss": train_loss, "val_loss": val_loss, "val_f1": val_f1}
+            improved = self.best_value is None or better(value, self.best_value)
+            if improved:
+                self.best_value, self.bad_epochs = value, 0
             else:
                 self.bad_epochs += 1
-            if is_best or not cfg.keep_best:
+            # the "best" epoch is the one whose weights are saved: without keep-best, every epoch,
+            # so the log, `emseg info` and a package's README name the epoch the weights hold
+            is_best = improved or not cfg.keep_best
+            if is_best:
+                self.best_epoch = self.epoch
+                self.best_metrics = {"epoch": self.epoch, "loss": train_loss, "val_loss": val_loss, "val_f1": val_f1}
                 save_weights(self.model, self.model_dir / WEIGHTS_NAME)
         if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.sched.step(value)
