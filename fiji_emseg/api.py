@@ -80,8 +80,8 @@ class TrainRequest:
         given_train = {k: v for k, v in (
             ("epochs", a.epochs), ("steps_per_epoch", a.steps), ("batch_size", a.batch_size),
             ("patch_size", tuple(a.patch_size) if a.patch_size else None), ("loss", a.loss), ("learning_rate", a.lr),
-            ("lr_schedule", a.schedule), ("label_focus", a.label_focus), ("hard_fraction", a.hard_fraction))
-            if v is not None}
+            ("lr_schedule", a.schedule), ("label_focus", a.label_focus), ("hard_fraction", a.hard_fraction),
+            ("train_on_validation", a.train_on_validation)) if v is not None}
         dims = a.dims or (3 if a.slice_context else 2)
         patch = tuple(a.patch_size) if a.patch_size else ((256, 256) if dims == 2 or a.slice_context else (32, 128, 128))
         augment = AugmentConfig.none() if a.no_augment else AugmentConfig(
@@ -97,7 +97,8 @@ class TrainRequest:
             label_focus=0.8 if a.label_focus is None else a.label_focus, augment=augment, seed=a.seed, device=a.device, amp=a.amp,
             threads=a.threads, deterministic=a.deterministic, bn_recalibration_batches=a.bn_recalibration,
             checkpoint_minutes=a.checkpoint_minutes, time_limit_minutes=a.time_limit,
-            hard_fraction=a.hard_fraction or 0.0, ema_decay=a.ema or 0.0, deep_supervision=a.deep_supervision)
+            hard_fraction=a.hard_fraction or 0.0, ema_decay=a.ema or 0.0, deep_supervision=a.deep_supervision,
+            train_on_validation=bool(a.train_on_validation))
         norm = None
         if a.normalization != "percentile" or a.norm_low is not None or a.norm_high is not None:
             kw: dict[str, Any] = {"method": a.normalization}

@@ -144,17 +144,23 @@ def test_explicit_options_override_the_plan(tmp_path: Path) -> None:
     s = discs((10, 128, 128), 10, 4, (50.0, 5.0, 5.0))
     args = build_parser().parse_args([
         "train", str(tmp_path / "m"), "--image", "x.tif", "--masks", "y.tif", "--filters", "4", "--depth", "2",
-        "--patch-size", "64", "64", "--batch-size", "2", "--loss", "dice", "--time-limit", "1", "--spatial", "0.3"])
+        "--patch-size", "64", "64", "--batch-size", "2", "--loss", "dice", "--time-limit", "1", "--spatial", "0.3",
+        "--no-train-on-validation"])
     request = TrainRequest.from_cli(args)
     assert request.plan == "auto"
     assert request.model_overrides == {"filters": 4, "depth": 2}
-    assert request.train_overrides == {"patch_size": (64, 64), "batch_size": 2, "loss": "dice"}
+    assert request.train_overrides == {"patch_size": (64, 64), "batch_size": 2, "loss": "dice",
+                                       "train_on_validation": False}
     plan, cfg, model_kw = plan_request(request, [s])
     assert model_kw["filters"] == 4 and model_kw["depth"] == 2 and model_kw["dims"] == 2
     assert cfg.patch_size == (64, 64) and cfg.batch_size == 2 and cfg.loss == "dice"
     assert cfg.label_focus == 0.5 and cfg.learning_rate == 2e-3  # not given: planned
     assert cfg.augment.p_spatial == 0.3  # augmentation is not planned: the plan keeps what was given
-    assert sorted(plan.overridden) == ["batch_size", "depth", "filters", "loss", "patch_size"]
+    assert sorted(plan.overridden) == ["batch_size", "depth", "filters", "loss", "patch_size", "train_on_validation"]
+    assert cfg.train_on_validation is False and cfg.fill_time_limit is True
+    seen = TrainRequest.from_cli(build_parser().parse_args([
+        "train", "m", "--image", "x.tif", "--masks", "y.tif", "--train-on-validation"]))
+    assert plan_request(seen, [s])[1].train_on_validation is True  # given: the plan follows it
     none = TrainRequest.from_cli(build_parser().parse_args(["train", "m", "--image", "x", "--masks", "y", "--plan", "none"]))
     assert none.plan == "none" and none.train == TrainConfig(seed=None) and none.model["filters"] == 32
 
@@ -260,6 +266,8 @@ def test_a_planned_run_fills_its_time_limit_at_its_own_pace_and_given_epochs_are
                          step_timer=constant_timer(30.0), **small)  # type: ignore[arg-type]
     assert plan.train["epochs"] == 1 and plan.train["fill_time_limit"] is True
     assert any("fills the 0.1 min" in r for r in plan.reasons)
+    # the validation data stays held out unless asked (measured within a seed's spread: not planned)
+    assert "train_on_validation" not in plan.train and plan.train_config(TrainConfig()).train_on_validation is False
     base = TrainConfig(seed=0, device="cpu", val_steps=0, bn_recalibration_batches=0, calibrate_thresholds=False)
     cfg = plan.train_config(base)
     mc = plan.model_config(("mito",))

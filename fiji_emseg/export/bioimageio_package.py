@@ -194,7 +194,9 @@ def _readme(info: ModelInfo, thresholds: tuple[float, ...], test_shape: tuple[in
             lines.append(f"- {role}: {s.get('name')} {tuple(s.get('shape') or ())}")
     lines.append(f"- status {tr.get('status', '?')}, {tr.get('epochs_run', '?')} epochs, best epoch {tr.get('best_epoch', '?')}")
     if best:
-        lines.append("- validation F1: " + ", ".join(f"{k} {v:.3f}" for k, v in best.items()))
+        lines.append("- validation F1: " + ", ".join(f"{k} {v:.3f}" for k, v in best.items())
+                     + (" (the validation data was also trained on: this measures fit, not generalisation)"
+                        if data.get("validation_trained_on") else ""))
     lines += ["", "## Weights", *[f"- {f}" for f in formats],
               f"- test tensors: a real crop {test_shape} predicted by fiji-emseg", "",
               "## Use", "- Fiji: deepImageJ (Plugins > DeepImageJ > DeepImageJ Run), or fiji-emseg's Predict command;",
