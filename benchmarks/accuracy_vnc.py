@@ -24,7 +24,9 @@ Presets:
   steps, batch 8, Adam 1e-3), with our cosine schedule and keep-best.
 - ``plan``: the training planner (``fiji_emseg.engine.training.planner``) given only the time
   budget; it fingerprints the training slices and measures step times on this machine. Give
-  several presets (``--preset cpu plan``) to compare them in the same run.
+  several presets (``--preset cpu plan``) to compare them in the same run. ``--train-on-validation
+  yes`` also trains on the validation slices (the last epoch kept, thresholds 0.5; the test slices
+  stay unseen).
 
     python benchmarks/accuracy_vnc.py [--classes mito membrane] [--preset cpu|default|plan ...]
                                       [--minutes mito=30 membrane=20] [--device auto]
@@ -134,7 +136,7 @@ def run_class(cls: str, preset: str, minutes: float | None, device: str, workdir
             "predict_voxels_per_s": pred.voxels_per_second, "preset": preset,
             "patch_size": list(cfg.patch_size), "filters": model.filters, "dims": model.dims,
             "hard_fraction": cfg.hard_fraction, "p_spatial": cfg.augment.p_spatial, "ema_decay": cfg.ema_decay,
-            "deep_supervision": cfg.deep_supervision, "probe_step_s": probe_s,
+            "deep_supervision": cfg.deep_supervision, "train_on_validation": cfg.train_on_validation, "probe_step_s": probe_s,
             "median_step_s": read_model_info(model_dir).training.get("median_step_s"),
             **false_object, **edge_errors(reference, predicted), "plan": plan_text}
 
@@ -147,7 +149,8 @@ def pace_line(row: dict[str, object]) -> str:
     at a slow hour fits fewer epochs into the same minutes. Rows with different paces compare
     different amounts of training, not only different recipes.
     """
-    line = f"          pace: {row['epochs']} epochs (best {row['best_epoch']})"
+    line = f"          pace: {row['epochs']} epochs (" + (
+        "the last kept: validation slices trained on" if row.get("train_on_validation") else f"best {row['best_epoch']}") + ")"
     if row.get("median_step_s"):
         line += f", median step {row['median_step_s']:.3g} s"
         if row.get("probe_step_s"):
@@ -199,6 +202,13 @@ def edge_errors(reference: np.ndarray, predicted: np.ndarray) -> dict[str, float
             "f1_edge_tolerant": 2 * tp / max(1, 2 * tp + fp_far + fn_far)}
 
 
+def yes_no(text: str) -> bool:
+    """An on/off override given as yes or no (argparse's type)."""
+    if text not in ("yes", "no"):
+        raise argparse.ArgumentTypeError(f"give yes or no, not {text!r}")
+    return text == "yes"
+
+
 #: Command-line overrides of a preset: (option, TrainConfig/ModelConfig field, type, help).
 OVERRIDES = (("--loss", "loss", str, "override the preset's loss (e.g. dice_ce)"),
              ("--label-focus", "label_focus", float, "override the preset's label focus"),
@@ -211,7 +221,9 @@ OVERRIDES = (("--loss", "loss", str, "override the preset's loss (e.g. dice_ce)"
              ("--monitor", "monitor", str, "keep the epoch with the best val_loss (default) or val_f1"),
              ("--ema", "ema_decay", float, "validate, keep and save a moving average of the weights with this decay"),
              ("--deep-supervision", "deep_supervision", int, "auxiliary losses on this many coarser decoder levels"),
-             ("--slice-context", "slice_context", int, "2.5D (--preset plan only): neighbouring slices on each side as input"))
+             ("--slice-context", "slice_context", int, "2.5D (--preset plan only): neighbouring slices on each side as input"),
+             ("--train-on-validation", "train_on_validation", yes_no,
+              "yes/no: also train on the validation slices (then the last epoch is kept, thresholds stay 0.5)"))
 
 
 def add_override_args(parser: argparse.ArgumentParser) -> None:
