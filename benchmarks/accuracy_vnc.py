@@ -149,8 +149,8 @@ def pace_line(row: dict[str, object]) -> str:
     at a slow hour fits fewer epochs into the same minutes. Rows with different paces compare
     different amounts of training, not only different recipes.
     """
-    line = f"          pace: {row['epochs']} epochs (" + (
-        "the last kept: validation slices trained on" if row.get("train_on_validation") else f"best {row['best_epoch']}") + ")"
+    kept = "the last kept: validation slices trained on" if row.get("train_on_validation") else f"best {row['best_epoch']}"
+    line = f"          pace: {row['epochs']} epochs ({kept})"
     if row.get("median_step_s"):
         line += f", median step {row['median_step_s']:.3g} s"
         if row.get("probe_step_s"):

@@ -132,10 +132,15 @@ def test_threshold_calibration_can_be_turned_off(tmp_path: Path) -> None:
         assert p.thresholds() == (0.5,)
 
 
-def test_keep_best_off_saves_the_last_epoch(tmp_path: Path) -> None:
+def test_keep_best_off_saves_the_last_epoch(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from fiji_emseg.cli.main import main
+
     cfg = tiny_cfg(epochs=3, keep_best=False)
     r = train_model([blob_sample()], tmp_path / "m", model_config=TINY, config=cfg)
     assert r.best_epoch == 3 == r.best_metrics["epoch"]  # the epoch the saved weights hold
+    assert main(["info", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "kept epoch:     3 (bright F1" in out and "fit, not generalisation" not in out  # held out: no fit note
     final = _state(tmp_path / "m")
     last = torch.load(tmp_path / "m" / CHECKPOINT_NAME, weights_only=True)["model"]
     assert all(torch.equal(final[k], last[k]) for k in final)

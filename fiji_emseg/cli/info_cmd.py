@@ -59,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
         f1 = best.get("val_f1") or {}
         lines.append(f"training:       {tr.get('status', '?')}, {tr.get('epochs_run', '?')} epochs on {tr.get('device', '?')}")
         if best:
+            # without keep-best (as when the validation data was trained on) the last epoch is the one kept
+            kept = not (tr.get("config") or {}).get("keep_best", True)
             seen = (tr.get("data") or {}).get("validation_trained_on")
-            lines.append(f"{'kept epoch' if seen else 'best epoch'}:     {best.get('epoch')} (" + ", ".join(
+            lines.append(f"{'kept epoch' if kept else 'best epoch'}:     {best.get('epoch')} (" + ", ".join(
                 f"{k} F1 {v:.3f}" if isinstance(v, (int, float)) else f"{k} F1 -" for k, v in f1.items())
                 + (" on validation data it was also trained on: fit, not generalisation" if seen else "") + ")")
         plan = tr.get("plan")

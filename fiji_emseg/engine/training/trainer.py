@@ -247,10 +247,9 @@ class _Trainer:
         if self.cfg.val_slices and val_samples:
             raise ConfigError("give either validation samples or validation slices, not both")
         if self.cfg.val_slices:
-            given = list(train_samples)
-            train_samples, val_samples = split_validation_slices(train_samples, self.cfg.val_slices)
-            if self.cfg.train_on_validation:
-                train_samples = given  # held out for the validation curve only
+            held_out, val_samples = split_validation_slices(train_samples, self.cfg.val_slices)
+            if not self.cfg.train_on_validation:  # else the whole samples train, the slices only validate too
+                train_samples = held_out
         elif self.cfg.train_on_validation and val_samples:
             train_samples = [*train_samples, *val_samples]
         #: The validation data is also trained on (``train_on_validation``): its curve measures fit.
