@@ -138,12 +138,23 @@ def test_keep_best_off_saves_the_last_epoch(tmp_path: Path, capsys) -> None:  # 
     cfg = tiny_cfg(epochs=3, keep_best=False)
     r = train_model([blob_sample()], tmp_path / "m", model_config=TINY, config=cfg)
     assert r.best_epoch == 3 == r.best_metrics["epoch"]  # the epoch the saved weights hold
+    assert "(kept epoch 3;" in r.summary()  # not called "best": it is the last
+    from fiji_emseg.engine.models.model_store import read_model_info
+    from fiji_emseg.export.bioimageio_package import _readme
+
+    assert "kept (the last; keep-best off) epoch 3" in _readme(read_model_info(tmp_path / "m"), (0.5,), (1, 64, 64), [])
     assert main(["info", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
     assert "kept epoch:     3 (bright F1" in out and "fit, not generalisation" not in out  # held out: no fit note
     final = _state(tmp_path / "m")
     last = torch.load(tmp_path / "m" / CHECKPOINT_NAME, weights_only=True)["model"]
     assert all(torch.equal(final[k], last[k]) for k in final)
+    # the same folder as a killed run leaves it (config still says "training"): what info reads from disk
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["training"]["status"] = "training"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    assert main(["info", str(tmp_path / "m")]) == 0
+    assert "3 of 3 epochs done, kept (the last) saved epoch 3" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("ema_decay", "deep_supervision"), [(0.0, 0), (0.9, 0), (0.0, 1)])

@@ -97,7 +97,8 @@ def _unfinished(folder: Path, tr: dict) -> list[str]:  # type: ignore[type-arg]
     best = best_logged if best_logged is not None else tr.get("best_epoch")
     planned = (tr.get("config") or {}).get("epochs", "?")
     weights = (folder / WEIGHTS_NAME).is_file()
-    best_text = f"best saved epoch {best} ({WEIGHTS_NAME})" if weights and best else "no epoch saved yet"
+    word = "best" if (tr.get("config") or {}).get("keep_best", True) else "kept (the last)"
+    best_text = f"{word} saved epoch {best} ({WEIGHTS_NAME})" if weights and best else "no epoch saved yet"
     out = [f"training:       not finished (still running, or interrupted): {epochs} of {planned} epochs done, {best_text}"]
     if (folder / CHECKPOINT_NAME).is_file():
         out.append(f"resume:         emseg train {folder} --resume")

@@ -91,9 +91,11 @@ class TrainResult:
     device: str
     seed: int
     files: dict[str, Path] = field(default_factory=dict)
+    keep_best: bool = True  # False: the weights hold the last epoch, so the summary calls it "kept", not "best"
 
     def summary(self) -> str:
-        best = f"best epoch {self.best_epoch}" if self.best_epoch else "no validated epoch"
+        word = "best" if self.keep_best else "kept"
+        best = f"{word} epoch {self.best_epoch}" if self.best_epoch else "no validated epoch"
         f1 = self.best_metrics.get("val_f1") or {}
         f1s = ", ".join(f"{k} F1 {v:.3f}" for k, v in f1.items())
         return f"training {self.status} after {self.epochs_run} epochs ({best}{'; ' + f1s if f1s else ''}); model in {self.model_dir}"
@@ -856,7 +858,7 @@ class _Trainer:
         result = TrainResult(
             model_dir=self.model_dir, status=status, epochs_run=self.epoch, best_epoch=self.best_epoch,
             best_metrics=self.best_metrics, history=self.history, duration_s=elapsed, device=self.choice.describe(),
-            seed=self.seed,
+            seed=self.seed, keep_best=self.cfg.keep_best,
             files={"config": self.model_dir / CONFIG_NAME, "weights": weights, "log": self.model_dir / LOG_NAME,
                    "plot": self.model_dir / PLOT_NAME, "checkpoint": self.model_dir / CHECKPOINT_NAME})
         self.cb.on_train_end(result)
