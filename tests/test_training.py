@@ -134,14 +134,13 @@ def test_threshold_calibration_can_be_turned_off(tmp_path: Path) -> None:
 
 def test_keep_best_off_saves_the_last_epoch(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     from fiji_emseg.cli.main import main
+    from fiji_emseg.engine.models.model_store import read_model_info
+    from fiji_emseg.export.bioimageio_package import _readme
 
     cfg = tiny_cfg(epochs=3, keep_best=False)
     r = train_model([blob_sample()], tmp_path / "m", model_config=TINY, config=cfg)
     assert r.best_epoch == 3 == r.best_metrics["epoch"]  # the epoch the saved weights hold
     assert "(kept epoch 3;" in r.summary()  # not called "best": it is the last
-    from fiji_emseg.engine.models.model_store import read_model_info
-    from fiji_emseg.export.bioimageio_package import _readme
-
     assert "kept (the last; keep-best off) epoch 3" in _readme(read_model_info(tmp_path / "m"), (0.5,), (1, 64, 64), [])
     assert main(["info", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
