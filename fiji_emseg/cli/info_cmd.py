@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..engine.models.model_store import ModelInfo
 
 HELP = "describe a model (classes, architecture, normalisation, training)"
 
@@ -53,16 +57,15 @@ def run(args: argparse.Namespace) -> int:
     if rf is not None:
         lines.append(f"receptive field radius: {rf.radius[3 - m.dims:]} voxels (measured)")
     if tr and tr.get("status") == "training" and path.is_dir():
-        lines.extend(_unfinished(path, tr))
+        lines.extend(_unfinished(path, info))
     elif tr:
         best = tr.get("best_metrics") or {}
         f1 = best.get("val_f1") or {}
         lines.append(f"training:       {tr.get('status', '?')}, {tr.get('epochs_run', '?')} epochs on {tr.get('device', '?')}")
         if best:
             # without keep-best (as when the validation data was trained on) the last epoch is the one kept
-            kept = not (tr.get("config") or {}).get("keep_best", True)
             seen = (tr.get("data") or {}).get("validation_trained_on")
-            lines.append(f"{'kept epoch' if kept else 'best epoch'}:     {best.get('epoch')} (" + ", ".join(
+            lines.append(f"{'kept epoch' if info.keeps_last_epoch else 'best epoch'}:     {best.get('epoch')} (" + ", ".join(
                 f"{k} F1 {v:.3f}" if isinstance(v, (int, float)) else f"{k} F1 -" for k, v in f1.items())
                 + (" on validation data it was also trained on: fit, not generalisation" if seen else "") + ")")
         plan = tr.get("plan")
@@ -86,18 +89,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unfinished(folder: Path, tr: dict) -> list[str]:  # type: ignore[type-arg]
+def _unfinished(folder: Path, info: ModelInfo) -> list[str]:
     """A run that is still going or was killed: report what its files on disk hold."""
     from ..engine.models.model_store import WEIGHTS_NAME
     from ..engine.training.trainer import CHECKPOINT_NAME
     from ..engine.training.training_log import progress_on_disk
 
+    tr = info.training
     logged, best_logged = progress_on_disk(folder)
     epochs = max(logged, int(tr.get("epochs_run") or 0))
     best = best_logged if best_logged is not None else tr.get("best_epoch")
     planned = (tr.get("config") or {}).get("epochs", "?")
     weights = (folder / WEIGHTS_NAME).is_file()
-    word = "best" if (tr.get("config") or {}).get("keep_best", True) else "kept (the last)"
+    word = "kept (the last)" if info.keeps_last_epoch else "best"
     best_text = f"{word} saved epoch {best} ({WEIGHTS_NAME})" if weights and best else "no epoch saved yet"
     out = [f"training:       not finished (still running, or interrupted): {epochs} of {planned} epochs done, {best_text}"]
     if (folder / CHECKPOINT_NAME).is_file():

@@ -192,7 +192,7 @@ def _readme(info: ModelInfo, thresholds: tuple[float, ...], test_shape: tuple[in
     for role in ("train", "validation"):
         for s in data.get(role) or []:
             lines.append(f"- {role}: {s.get('name')} {tuple(s.get('shape') or ())}")
-    word = "best" if (tr.get("config") or {}).get("keep_best", True) else "kept (the last; keep-best off)"
+    word = "kept (the last; keep-best off)" if info.keeps_last_epoch else "best"
     lines.append(f"- status {tr.get('status', '?')}, {tr.get('epochs_run', '?')} epochs, {word} epoch {tr.get('best_epoch', '?')}")
     if best:
         lines.append("- validation F1: " + ", ".join(f"{k} {v:.3f}" for k, v in best.items())

@@ -70,6 +70,11 @@ class ModelInfo:
     def name(self) -> str:
         return self.model.name
 
+    @property
+    def keeps_last_epoch(self) -> bool:
+        """Trained without keep-best: the weights (and the recorded "best" epoch) are the last epoch's."""
+        return not (self.training.get("config") or {}).get("keep_best", True)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
