@@ -107,3 +107,19 @@ def screenshot(name: str) -> Path:
     path = SCREENSHOT_DIR / f"{name}.png"
     subprocess.run(["import", "-window", "root", str(path)], check=True, timeout=60)
     return path
+
+
+#: What ``new ImageJ()`` raised in CI when SciJava's start-up race hit (fiji_emseg.bridge.imagej2_start).
+RACED_SERVICE = "Invalid service: net.imagej.legacy.display.LegacyImageDisplayService"
+
+
+def java_exception(name: str, *args: Any) -> Any:
+    """A real Java exception object, from the JDK or (``org.scijava.*``) from the shared ImageJ2's
+    scijava-common jar through its own class loader; skips when that jar is absent."""
+    if not name.startswith("org.scijava."):
+        return jclass(name)(*args)
+    jars = sorted((REPO_ROOT.parent / "shared" / "imagej2" / "Fiji.app" / "jars").glob("scijava-common-*.jar"))
+    if not jars:
+        pytest.skip("no ../shared/imagej2 (scijava-common jar) on this machine")
+    loader = jclass("java.net.URLClassLoader")([jclass("java.io.File")(str(jars[0])).toURI().toURL()])
+    return loader.loadClass(name).getConstructor().newInstance()

@@ -36,14 +36,20 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
+
+from fiji_emseg.bridge.imagej2_start import START_RACE_ISSUE, is_start_race
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 SHARED_FIJI = SHARED / "imagej2" / "Fiji.app"
 VNC = SHARED / "data" / "vnc_sstem"
 STEP_MARK = "=== STEP "
+#: The driver's exit code (EX_TEMPFAIL) and stderr mark when ImageJ2 hit SciJava's start-up race.
+START_RACE_EXIT = 75
+START_RACE_MARK = "=== START RACE"
 INSTALLED = Path("scripts") / "Plugins" / "EM_Segmentation"
 
 
@@ -80,6 +86,9 @@ def run_driver(fiji: Path, home: Path, steps: list[dict[str, Any]], work: Path, 
 
     Output text index 0 is what came before the first step (the start-up); i + 1 belongs to step i.
     ``max_heap`` is the JVM's ``-Xmx`` (Fiji's Edit > Options > Memory & Threads).
+    When ImageJ2 itself fails to start with SciJava's start-up race (exit code
+    :data:`START_RACE_EXIT`, before the first step), the process runs once more, with a warning;
+    any other failure, or the race twice, is returned as it is.
     """
     work.mkdir(parents=True, exist_ok=True)
     steps_file, out_file = work / "steps.json", work / "result.json"
@@ -88,10 +97,17 @@ def run_driver(fiji: Path, home: Path, steps: list[dict[str, Any]], work: Path, 
         out_file.unlink()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--fiji", str(fiji), "--home", str(home),
            "--mode", mode, "--steps", str(steps_file), "--out", str(out_file), "--max-heap", max_heap]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout,
-                          check=False)
-    text = proc.stdout + "\n" + proc.stderr
-    (work / "output.txt").write_text(text)
+    for attempt in (1, 2):
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        text = proc.stdout + "\n" + proc.stderr
+        (work / ("output.txt" if attempt == 1 else "output_retry.txt")).write_text(text)
+        if proc.returncode != START_RACE_EXIT or attempt == 2:
+            break
+        # SciJava's start-up race (see fiji_emseg.bridge.imagej2_start): before any step, so before
+        # any of our code ran; a fresh process starts. Said aloud so a rising rate gets noticed.
+        warnings.warn(f"ImageJ2 did not start (SciJava's start-up race, {START_RACE_ISSUE}); started it "
+                      f"again in a fresh process. First attempt's output: {work / 'output.txt'}", stacklevel=2)
     results = json.loads(out_file.read_text()) if out_file.exists() else []
     return proc.returncode, results, _per_step(proc.stdout, proc.stderr)
 
@@ -243,8 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-heap", default="2g")
     args = p.parse_args(argv)
     steps = json.loads(args.steps.read_text())
-    ij = _start(args.fiji, args.home, args.mode, args.max_heap)
     import scyjava
+
+    try:
+        ij = _start(args.fiji, args.home, args.mode, args.max_heap)
+    except Exception as exc:
+        if getattr(exc, "getCause", None) is not None:  # the whole Java trace, every cause included
+            print(scyjava.jstacktrace(exc), file=sys.stderr, flush=True)
+        if is_start_race(exc):
+            print(f"{START_RACE_MARK} {exc}", file=sys.stderr, flush=True)
+            return START_RACE_EXIT
+        raise
 
     system_out = scyjava.jimport("java.lang.System").out
     results: list[dict[str, Any]] = []

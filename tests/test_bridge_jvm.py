@@ -10,9 +10,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from bridge_fixtures import REPO_ROOT, ij1  # noqa: F401
+from bridge_fixtures import RACED_SERVICE, REPO_ROOT, ij1, java_exception  # noqa: F401
 
 from fiji_emseg.bridge import jvm
+from fiji_emseg.bridge.imagej2_start import is_start_race
 from fiji_emseg.errors import EmsegError
 
 pytestmark = pytest.mark.imagej
@@ -115,3 +116,19 @@ def test_fresh_process_without_imagej_fails_with_the_fix(tmp_path: Path) -> None
         ''', env={jvm.IJ_JAR_ENV: str(tmp_path / "nope.jar")})
     assert proc.returncode == 1
     assert "EmsegError: EMSEG_IJ_JAR=" in proc.stderr
+
+
+def test_scijava_start_race_is_told_apart_from_a_broken_fiji(ij1) -> None:  # noqa: F811
+    """The race's two symptoms are retried; a broken Fiji's failures and Python errors are not."""
+    invalid = "java.lang.IllegalArgumentException"
+    null_context = java_exception("org.scijava.NullContextException")
+    assert is_start_race(java_exception(invalid, RACED_SERVICE, null_context))  # what CI saw
+    assert is_start_race(java_exception(invalid, RACED_SERVICE,
+                                        java_exception("java.util.ConcurrentModificationException")))
+    # a Fiji with mismatched jars: the service's class cannot even initialise
+    assert not is_start_race(java_exception(invalid, RACED_SERVICE,
+                                            java_exception("java.lang.ExceptionInInitializerError", "mismatch")))
+    assert not is_start_race(java_exception(invalid, "No match: net.imagej.legacy.LegacyService"))
+    assert not is_start_race(java_exception("java.lang.IllegalStateException", RACED_SERVICE, null_context))
+    assert not is_start_race(java_exception(invalid, RACED_SERVICE))
+    assert not is_start_race(ValueError(RACED_SERVICE))

@@ -6,9 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
+from bridge_fixtures import RACED_SERVICE, ij1, java_exception  # noqa: F401
 
 try:
     import tomllib
@@ -129,6 +132,26 @@ def test_launch_explains_what_is_missing_and_never_downloads(tmp_path: Path, cap
     code, _, err = emseg("fiji", "launch", "--fiji", str(app), capsys=capsys)
     assert code == 2 and "pyimagej is not installed in this Python" in err and "pip install pyimagej" in err
 
+
+
+def test_launch_tells_a_start_race_from_a_broken_fiji(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch, ij1: Any) -> None:  # noqa: F811
+    """pyimagej's start raising SciJava's race says "run it again"; anything else says "check your Fiji"."""
+    app = fake_fiji(tmp_path, imagej2=True)
+    raised: list[Any] = []
+
+    def init(*_args: Any, **_kwargs: Any) -> Any:
+        raise raised[-1]
+
+    monkeypatch.setitem(sys.modules, "imagej", types.SimpleNamespace(init=init, __version__="1.8.0"))
+    invalid = "java.lang.IllegalArgumentException"
+    raised.append(java_exception(invalid, RACED_SERVICE, java_exception("org.scijava.NullContextException")))
+    code, _, err = emseg("fiji", "launch", "--fiji", str(app), capsys=capsys)
+    assert code == 2 and "SciJava's start-up race" in err and "run the same command again" in err
+    assert "scijava-common/issues/347" in err and "complete, updated Fiji" not in err
+    raised.append(java_exception(invalid, "No match: net.imagej.legacy.LegacyService"))
+    code, _, err = emseg("fiji", "launch", "--fiji", str(app), capsys=capsys)
+    assert code == 2 and "complete, updated Fiji" in err and "start-up race" not in err
 
 def test_packaging_lists_every_package_and_maps_the_scripts() -> None:
     config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]

@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..bridge.environment import check_fiji_folder
+from ..bridge.imagej2_start import START_RACE_ISSUE, is_start_race
 from ..errors import EmsegError
 
 __all__ = ["INSTALL_SUBDIR", "InstallAction", "find_fiji", "install_scripts", "launch_fiji", "python_mode_help",
@@ -229,6 +230,9 @@ def launch_fiji(fiji: str | os.PathLike[str] | None, poll_s: float = 0.5) -> int
     try:
         ij = imagej.init(str(root), mode=mode)
     except Exception as exc:  # pyimagej raises plain exceptions of many kinds
+        if is_start_race(exc):
+            raise EmsegError(f"Fiji did not start this time: SciJava's start-up race ({exc}; {START_RACE_ISSUE}); "
+                             "it is intermittent, not a fault of this Fiji: run the same command again") from exc
         raise EmsegError(f"pyimagej could not start Fiji from {root} ({type(exc).__name__}: {exc}); check that it "
                          "is a complete, updated Fiji and that Java 11+ is installed") from exc
     if mode == "gui":
