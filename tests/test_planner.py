@@ -157,6 +157,24 @@ def test_explicit_options_override_the_plan(tmp_path: Path) -> None:
     assert cfg.label_focus == 0.5 and cfg.learning_rate == 2e-3  # not given: planned
     assert cfg.augment.p_spatial == 0.3  # augmentation is not planned: the plan keeps what was given
     assert sorted(plan.overridden) == ["batch_size", "depth", "filters", "loss", "patch_size", "train_on_validation"]
+    reasons = plan.describe().splitlines()
+    # each decision that was given reads as given, then the plan's own choice and why
+    assert "  - filters 4, depth 2: your options; the plan's own choice was 16 filters, depth 5: on a CPU" in "\n".join(
+        reasons), reasons
+    assert any(r.startswith("  - patch_size 64x64: your option; the plan's own choice was patch ") for r in reasons)
+    assert any(r.startswith("  - loss dice: your option; the plan's own choice was Dice + cross-entropy") for r in reasons)
+    assert not any(r.startswith("  - 16 filters") or r.startswith("  - patch ") for r in reasons), reasons
+    # a given patch rescales the planned batch (same voxels per step); a given batch stays
+    big = discs((10, 512, 512), 10, 4, (50.0, 5.0, 5.0))
+    own = plan_training(fingerprint([big]), classes=("mito",), time_limit_minutes=1, device="cpu",
+                        step_timer=constant_timer(0.5))
+    given = plan_training(fingerprint([big]), classes=("mito",), time_limit_minutes=1, device="cpu",
+                          step_timer=constant_timer(0.5), train_overrides={"patch_size": (256, 256)})
+    assert own.train["patch_size"] == [192, 192] and own.train["batch_size"] == 14
+    assert given.train["patch_size"] == [256, 256] and given.train["batch_size"] == 8
+    both = plan_training(fingerprint([big]), classes=("mito",), time_limit_minutes=1, device="cpu",
+                         step_timer=constant_timer(0.5), train_overrides={"patch_size": (256, 256), "batch_size": 3})
+    assert both.train["batch_size"] == 3
     assert cfg.train_on_validation is False and cfg.fill_time_limit is True
     seen = TrainRequest.from_cli(build_parser().parse_args([
         "train", "m", "--image", "x.tif", "--masks", "y.tif", "--train-on-validation"]))

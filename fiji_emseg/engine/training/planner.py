@@ -23,7 +23,8 @@ What it decides, and why:
 - **Width and depth**: 16 filters on a CPU (the tuned CPU recipe: ~4x cheaper per step than 32,
   so ~4x more steps fit), 32 on a GPU; depth 5 in 2D (receptive field ~190 px), 4 in 3D. Even
   where AMX makes 32 filters only ~3x dearer, 32 gave no gain (vnc membrane 0.877 vs 0.878 in 20 min).
-- **Batch**: 8 patches of 256² on a CPU (16 on a GPU), scaled to keep the voxels per step.
+- **Batch**: 8 patches of 256² on a CPU (16 on a GPU), scaled to keep the voxels per step (of the
+  patch that will be trained: a given patch size rescales the planned batch).
 - **Loss and label focus**: Dice + cross-entropy with half of the patches centred on labelled
   voxels: DeepSCEM's Dice with 80 % focus over-segmented on vnc (the network rarely sees hard
   background); Adam at 2e-3 with cosine annealing over the budget.
@@ -142,6 +143,19 @@ class TrainingPlan:
         return "\n".join(lines)
 
 
+def _yours(reason: str, given: dict[str, Any], keys: tuple[str, ...]) -> str:
+    """A reason line as it reads when the user's options replaced (part of) that decision.
+
+    The plan's own choice and its reason stay in the line, after what was given, so a user who
+    overrode it still reads what the planner would have done and why.
+    """
+    yours = {k: given[k] for k in keys if k in given}
+    if not yours:
+        return reason
+    shown = ", ".join(f"{k} {'x'.join(map(str, v)) if isinstance(v, (tuple, list)) else v}" for k, v in yours.items())
+    return f"{shown}: your option{'s' if len(yours) > 1 else ''}; the plan's own choice was {reason}"
+
+
 def _round_down(v: int, m: int) -> int:
     return max(m, (int(v) // m) * m)
 
@@ -200,8 +214,10 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
     flat = dims == 2 or slices > 0  # in-plane rules for patch, depth and batch
     slice_depth = 2 * slices + 1
     depth = 5 if flat else 4
-    reasons.append(f"{filters} filters, depth {depth}: " + ("a GPU affords the full width" if gpu else
-                   "on a CPU a 16-filter net takes ~4x less per step than 32, so ~4x more steps fit the budget"))
+    reasons.append(_yours(f"{filters} filters, depth {depth}: " + (
+        "a GPU affords the full width" if gpu else
+        "on a CPU a 16-filter net takes ~4x less per step than 32, so ~4x more steps fit the budget"),
+        model_over, ("filters", "depth")))
     model = {"dims": dims, "depth": depth, "filters": filters}
     model.update(model_over)
     probe_model = ModelConfig(classes=classes, **model)
@@ -224,8 +240,11 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
         why = (f"4x the 90th-percentile object diameter ({p90:.0f} px) for context" if context >= field_px else
                f"the network's receptive field ({field_px} px; 4x the 90th-percentile object diameter is "
                f"{context} px)")
-        reasons.append(f"patch {py}x{px}: {why}, within 128-{cap} px and the annotated region ({limit_y}x{limit_x})")
-        batch = max(2, min(32, round((16 if gpu else 8) * (256 * 256) / (py * px))))
+        reasons.append(_yours(f"patch {py}x{px}: {why}, within 128-{cap} px and the annotated region "
+                              f"({limit_y}x{limit_x})", train_over, ("patch_size",)))
+        # the voxels per step of 8 (GPU: 16) patches of 256²; of the patch that will be trained, given or planned
+        by, bx = (int(v) for v in train_over.get("patch_size", (py, px))[-2:])
+        batch = max(2, min(32, round((16 if gpu else 8) * (256 * 256) / (by * bx))))
         if slices:
             # the loss is on each patch's centre slice: a 2D plan's patches and batch, with neighbours
             patch = (slice_depth, py, px)
@@ -234,15 +253,17 @@ def plan_training(fp: DataFingerprint, *, classes: tuple[str, ...], time_limit_m
         xy = 128 if gpu else 96
         pz = _round_down(min(32 if gpu else MIN_3D_RUN, fp.longest_annotated_run), mult[0])
         patch = (pz, _round_down(min(xy, limit_y), mult[1]), _round_down(min(xy, limit_x), mult[2]))
-        reasons.append(f"patch {'x'.join(map(str, patch))}: 3D patches of {xy} px in-plane over {pz} slices")
+        reasons.append(_yours(f"patch {'x'.join(map(str, patch))}: 3D patches of {xy} px in-plane over {pz} slices",
+                              train_over, ("patch_size",)))
         batch = 4 if gpu else 2
     rare = min((c.foreground_fraction for c in fp.classes), default=1.0)
     train: dict[str, Any] = {
         "patch_size": patch, "batch_size": batch, "loss": "dice_ce", "label_focus": 0.5, "learning_rate": 2e-3,
         "lr_schedule": "cosine", "time_limit_minutes": budget,
     }
-    reasons.append("Dice + cross-entropy, label focus 0.5: half the patches random, so hard background "
-                   f"is seen (rarest class {rare:.1%} of annotated voxels); Adam 2e-3, cosine over the budget")
+    reasons.append(_yours("Dice + cross-entropy, label focus 0.5: half the patches random, so hard background "
+                          f"is seen (rarest class {rare:.1%} of annotated voxels); Adam 2e-3, cosine over the budget",
+                          train_over, ("loss", "label_focus", "learning_rate", "lr_schedule")))
     overridden = sorted({*model_over, *train_over})
     train.update(train_over)
     if slices and len(train["patch_size"]) == 2:  # an in-plane patch given for a 2.5D network
