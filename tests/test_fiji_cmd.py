@@ -133,7 +133,6 @@ def test_launch_explains_what_is_missing_and_never_downloads(tmp_path: Path, cap
     assert code == 2 and "pyimagej is not installed in this Python" in err and "pip install pyimagej" in err
 
 
-
 def test_launch_tells_a_start_race_from_a_broken_fiji(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch, ij1: Any) -> None:  # noqa: F811
     """pyimagej's start raising SciJava's race says "run it again"; anything else says "check your Fiji"."""
@@ -152,6 +151,7 @@ def test_launch_tells_a_start_race_from_a_broken_fiji(tmp_path: Path, capsys: py
     raised.append(java_exception(invalid, "No match: net.imagej.legacy.LegacyService"))
     code, _, err = emseg("fiji", "launch", "--fiji", str(app), capsys=capsys)
     assert code == 2 and "complete, updated Fiji" in err and "start-up race" not in err
+
 
 def test_packaging_lists_every_package_and_maps_the_scripts() -> None:
     config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]

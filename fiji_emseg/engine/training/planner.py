@@ -24,8 +24,8 @@ What it decides, and why:
   so ~4x more steps fit), 32 on a GPU; depth 5 in 2D (receptive field ~190 px), 4 in 3D. Even
   where AMX makes 32 filters only ~3x dearer, 32 gave no gain (vnc membrane 0.877 vs 0.878 in 20 min).
   With bf16 on AMX, widths off a multiple of 16 are dear: 12 or 24 filters took ~2x the step of 16
-  (0.88 and 0.89 s against 0.44 s for batch 14 of 192²; 8 filters 0.46 s), so the plan never goes
-  narrower than 16 to fit more steps.
+  (0.88 and 0.89 s against 0.44 s for batch 14 of 192²), and 8 filters took as long as 16 (0.46 s):
+  narrower than 16 buys no steps on such a CPU.
 - **Batch**: 8 patches of 256² on a CPU (16 on a GPU), scaled to keep the voxels per step (of the
   patch that will be trained: a given patch size rescales the planned batch).
 - **Loss and label focus**: Dice + cross-entropy with half of the patches centred on labelled
