@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,26 @@ def edge_errors(reference: np.ndarray, predicted: np.ndarray) -> dict[str, float
     wrong = int(predicted.sum()) + int(reference.sum()) - 2 * tp
     return {"edge_error_share": (wrong - fp_far - fn_far) / wrong if wrong else 0.0,
             "f1_edge_tolerant": 2 * tp / max(1, 2 * tp + fp_far + fn_far)}
+
+
+def voxel_scores(reference: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """F1, precision and recall of two boolean volumes (the experiments that score outside ``evaluate``)."""
+    tp = int(np.count_nonzero(reference & predicted))
+    fp = int(np.count_nonzero(~reference & predicted))
+    fn = int(np.count_nonzero(reference & ~predicted))
+    return {"f1": round(2 * tp / max(2 * tp + fp + fn, 1), 4), "precision": round(tp / max(tp + fp, 1), 4),
+            "recall": round(tp / max(tp + fn, 1), 4)}
+
+
+def each_class(classes: list[str], prefix: str, run_one: Callable[[str, Path], dict[str, object]]) -> int:
+    """Run an experiment per class in its own temporary folder, printing each result as JSON."""
+    if not (DATA / "image.tif").is_file():
+        print(f"skipped: no vnc_sstem data in {DATA}")
+        return 0
+    for cls in classes:
+        with tempfile.TemporaryDirectory(prefix=f"{prefix}_{cls}_") as tmp:
+            print(json.dumps(run_one(cls, Path(tmp))), flush=True)
+    return 0
 
 
 def yes_no(text: str) -> bool:

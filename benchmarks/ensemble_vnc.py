@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import accuracy_vnc  # noqa: E402
-from half_resolution_vnc import scores  # noqa: E402
 
 
 def run(cls: str, minutes: float, seeds: list[int], workdir: Path, quiet: bool) -> dict[str, object]:
@@ -54,14 +52,14 @@ def run(cls: str, minutes: float, seeds: list[int], workdir: Path, quiet: bool) 
             prob /= 255.0
         probabilities.append(prob)
         thresholds.append(threshold)
-        members.append({"seed": seed, "threshold": threshold, **scores(reference, prob >= threshold),
+        members.append({"seed": seed, "threshold": threshold, **accuracy_vnc.voxel_scores(reference, prob >= threshold),
                         "epochs": row["epochs"], "best_epoch": row["best_epoch"], "median_step_s": row["median_step_s"]})
         print(json.dumps(members[-1]), flush=True)
     mean = np.mean(probabilities, axis=0)
     mean_threshold = round(float(np.mean(thresholds)), 3)
     return {"class": cls, "minutes_each": minutes, "members": members,
-            "averaged_at_0.5": scores(reference, mean >= 0.5),
-            f"averaged_at_{mean_threshold}": scores(reference, mean >= mean_threshold)}
+            "averaged_at_0.5": accuracy_vnc.voxel_scores(reference, mean >= 0.5),
+            f"averaged_at_{mean_threshold}": accuracy_vnc.voxel_scores(reference, mean >= mean_threshold)}
 
 
 def main() -> int:
@@ -71,13 +69,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args()
-    if not (accuracy_vnc.DATA / "image.tif").is_file():
-        print(f"skipped: no vnc_sstem data in {accuracy_vnc.DATA}")
-        return 0
-    for cls in args.classes:
-        with tempfile.TemporaryDirectory(prefix=f"ensemble_{cls}_") as tmp:
-            print(json.dumps(run(cls, args.minutes, args.seeds, Path(tmp), args.quiet)), flush=True)
-    return 0
+    return accuracy_vnc.each_class(args.classes, "ensemble", lambda cls, tmp: run(cls, args.minutes, args.seeds, tmp, args.quiet))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,14 +51,6 @@ def upsample(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.pad(up, pad, mode="edge")[: shape[0], : shape[1], : shape[2]]
 
 
-def scores(reference: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    tp = int(np.count_nonzero(reference & predicted))
-    fp = int(np.count_nonzero(~reference & predicted))
-    fn = int(np.count_nonzero(reference & ~predicted))
-    return {"f1": round(2 * tp / max(2 * tp + fp + fn, 1), 4), "precision": round(tp / max(tp + fp, 1), 4),
-            "recall": round(tp / max(tp + fn, 1), 4)}
-
-
 def run(cls: str, minutes: float, seed: int, workdir: Path, quiet: bool) -> dict[str, object]:
     from fiji_emseg.engine.data.sample import as_binary_mask
     from fiji_emseg.engine.data.volume_io import Calibration, read_volume, write_volume
@@ -78,7 +69,7 @@ def run(cls: str, minutes: float, seed: int, workdir: Path, quiet: bool) -> dict
     test = accuracy_vnc.TEST
     reference = mask[test] > 0
     out: dict[str, object] = {"class": cls, "minutes": minutes, "seed": seed,
-                              "ceiling": scores(reference, upsample(half_mask[test], reference.shape) >= 0.5)}
+                              "ceiling": accuracy_vnc.voxel_scores(reference, upsample(half_mask[test], reference.shape) >= 0.5)}
     print(f"{cls}: ceiling (the reference down and up again) {json.dumps(out['ceiling'])}", flush=True)
     if minutes <= 0:
         return out
@@ -91,8 +82,8 @@ def run(cls: str, minutes: float, seed: int, workdir: Path, quiet: bool) -> dict
         prob /= 255.0
     full = upsample(prob, reference.shape)
     threshold = float((row["threshold"] or {}).get(cls, 0.5))  # type: ignore[union-attr]
-    out.update({"threshold": threshold, "at_threshold": scores(reference, full >= threshold),
-                "at_0.5": scores(reference, full >= 0.5), "half_resolution_f1": round(float(row["f1"]), 4),
+    out.update({"threshold": threshold, "at_threshold": accuracy_vnc.voxel_scores(reference, full >= threshold),
+                "at_0.5": accuracy_vnc.voxel_scores(reference, full >= 0.5), "half_resolution_f1": round(float(row["f1"]), 4),
                 "epochs": row["epochs"], "best_epoch": row["best_epoch"], "median_step_s": row["median_step_s"]})
     return out
 
@@ -104,13 +95,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args()
-    if not (accuracy_vnc.DATA / "image.tif").is_file():
-        print(f"skipped: no vnc_sstem data in {accuracy_vnc.DATA}")
-        return 0
-    for cls in args.classes:
-        with tempfile.TemporaryDirectory(prefix=f"halfres_{cls}_") as tmp:
-            print(json.dumps(run(cls, args.minutes, args.seed, Path(tmp), args.quiet)), flush=True)
-    return 0
+    return accuracy_vnc.each_class(args.classes, "halfres", lambda cls, tmp: run(cls, args.minutes, args.seed, tmp, args.quiet))
 
 
 if __name__ == "__main__":
