@@ -69,7 +69,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args()
-    return accuracy_vnc.each_class(args.classes, "ensemble", lambda cls, tmp: run(cls, args.minutes, args.seeds, tmp, args.quiet))
+    return accuracy_vnc.each_class(
+        args.classes, "ensemble", lambda cls, tmp: run(cls, args.minutes, args.seeds, tmp, args.quiet))
 
 
 if __name__ == "__main__":

@@ -95,7 +95,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args()
-    return accuracy_vnc.each_class(args.classes, "halfres", lambda cls, tmp: run(cls, args.minutes, args.seed, tmp, args.quiet))
+    return accuracy_vnc.each_class(
+        args.classes, "halfres", lambda cls, tmp: run(cls, args.minutes, args.seed, tmp, args.quiet))
 
 
 if __name__ == "__main__":
