@@ -50,6 +50,8 @@ STEP_MARK = "=== STEP "
 #: The driver's exit code (EX_TEMPFAIL) and stderr mark when ImageJ2 hit SciJava's start-up race.
 START_RACE_EXIT = 75
 START_RACE_MARK = "=== START RACE"
+#: CPython's message when a thread state is released out of turn during finalization (JPype).
+EXIT_CRASH = "Fatal Python error: PyGILState_Release"
 INSTALLED = Path("scripts") / "Plugins" / "EM_Segmentation"
 
 
@@ -88,7 +90,8 @@ def run_driver(fiji: Path, home: Path, steps: list[dict[str, Any]], work: Path, 
     ``max_heap`` is the JVM's ``-Xmx`` (Fiji's Edit > Options > Memory & Threads).
     When ImageJ2 itself fails to start with SciJava's start-up race (exit code
     :data:`START_RACE_EXIT`, before the first step), the process runs once more, with a warning;
-    any other failure, or the race twice, is returned as it is.
+    any other failure, or the race twice, is returned as it is. An abort at exit with
+    :data:`EXIT_CRASH`, after every step's result was recorded, is returned as 0, with a warning.
     """
     work.mkdir(parents=True, exist_ok=True)
     steps_file, out_file = work / "steps.json", work / "result.json"
@@ -109,7 +112,15 @@ def run_driver(fiji: Path, home: Path, steps: list[dict[str, Any]], work: Path, 
         warnings.warn(f"ImageJ2 did not start (SciJava's start-up race, {START_RACE_ISSUE}); started it "
                       f"again in a fresh process. First attempt's output: {work / 'output.txt'}", stacklevel=2)
     results = json.loads(out_file.read_text()) if out_file.exists() else []
-    return proc.returncode, results, _per_step(proc.stdout, proc.stderr)
+    rc = proc.returncode
+    if rc in (-6, 134) and EXIT_CRASH in proc.stderr and len(results) == len(steps):
+        # Every step ran and was recorded; the process then aborted in Python's shutdown (a Java
+        # thread that had called into Python, released by JPype after the interpreter began to
+        # finalize: seen once in CI in 28+ suite runs, never here). The results stand; said aloud.
+        warnings.warn(f"the ImageJ2 driver aborted at exit ({EXIT_CRASH}) after all {len(steps)} steps had run and "
+                      f"been recorded; their results are kept. Output: {work / 'output.txt'}", stacklevel=2)
+        rc = 0
+    return rc, results, _per_step(proc.stdout, proc.stderr)
 
 
 def _per_step(stdout: str, stderr: str) -> list[str]:
