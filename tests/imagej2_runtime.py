@@ -116,7 +116,7 @@ def run_driver(fiji: Path, home: Path, steps: list[dict[str, Any]], work: Path, 
     if rc in (-6, 134) and EXIT_CRASH in proc.stderr and len(results) == len(steps):
         # Every step ran and was recorded; the process then aborted in Python's shutdown (a Java
         # thread that had called into Python, released by JPype after the interpreter began to
-        # finalize: seen once in CI in 28+ suite runs, never here). The results stand; said aloud.
+        # finalize: seen once, in one of 28+ full-suite runs on our machines). The results stand; said aloud.
         warnings.warn(f"the ImageJ2 driver aborted at exit ({EXIT_CRASH}) after all {len(steps)} steps had run and "
                       f"been recorded; their results are kept. Output: {work / 'output.txt'}", stacklevel=2)
         rc = 0
