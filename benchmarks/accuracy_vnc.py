@@ -204,12 +204,12 @@ def edge_errors(reference: np.ndarray, predicted: np.ndarray) -> dict[str, float
 
 
 def voxel_scores(reference: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """F1, precision and recall of two boolean volumes (the experiments that score outside ``evaluate``)."""
-    tp = int(np.count_nonzero(reference & predicted))
-    fp = int(np.count_nonzero(~reference & predicted))
-    fn = int(np.count_nonzero(reference & ~predicted))
-    return {"f1": round(2 * tp / max(2 * tp + fp + fn, 1), 4), "precision": round(tp / max(tp + fp, 1), 4),
-            "recall": round(tp / max(tp + fn, 1), 4)}
+    """Whole-volume F1, precision and recall of two boolean volumes, by the engine's own
+    ``pixel_metrics`` (what ``evaluate`` reports), for experiments that score arrays, not files."""
+    from fiji_emseg.engine.evaluation.metrics import pixel_metrics
+
+    volume = pixel_metrics(reference, predicted).volume
+    return {k: round(volume[k], 4) for k in ("f1", "precision", "recall")}
 
 
 def each_class(classes: list[str], prefix: str, run_one: Callable[[str, Path], dict[str, object]]) -> int:
