@@ -103,8 +103,8 @@ def run_driver(fiji: Path, home: Path, steps: list[dict[str, Any]], work: Path, 
     for attempt in (1, 2):
         proc = subprocess.run(cmd, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True,
                               timeout=timeout, check=False)
-        text = proc.stdout + "\n" + proc.stderr
-        (work / ("output.txt" if attempt == 1 else "output_retry.txt")).write_text(text)
+        output = work / ("output.txt" if attempt == 1 else "output_retry.txt")
+        output.write_text(proc.stdout + "\n" + proc.stderr)
         if proc.returncode != START_RACE_EXIT or attempt == 2:
             break
         # SciJava's start-up race (see fiji_emseg.bridge.imagej2_start): before any step, so before
@@ -116,9 +116,10 @@ def run_driver(fiji: Path, home: Path, steps: list[dict[str, Any]], work: Path, 
     if rc in (-6, 134) and EXIT_CRASH in proc.stderr and len(results) == len(steps):
         # Every step ran and was recorded; the process then aborted in Python's shutdown (a Java
         # thread that had called into Python, released by JPype after the interpreter began to
-        # finalize: seen once, in one of 28+ full-suite runs on our machines). The results stand; said aloud.
+        # finalize: seen once, in one of 28+ full-suite runs on our machines). The results stand;
+        # said aloud.
         warnings.warn(f"the ImageJ2 driver aborted at exit ({EXIT_CRASH}) after all {len(steps)} steps had run and "
-                      f"been recorded; their results are kept. Output: {work / 'output.txt'}", stacklevel=2)
+                      f"been recorded; their results are kept. Output: {output}", stacklevel=2)
         rc = 0
     return rc, results, _per_step(proc.stdout, proc.stderr)
 

@@ -7,9 +7,10 @@ fills them at the same moment, a service can come out with no fields injected, a
 with ``Invalid service: <some service>`` caused by a ``NullContextException`` (seen once in our
 CI, for ``LegacyImageDisplayService``, in an interactive start under Xvfb; 0 of 43 such starts
 here, idle or with both cores busy) or a ``ConcurrentModificationException`` (the symptom
-reported upstream). The same Fiji starts the next time. A JVM cannot be started twice in one process, so the only mend is a fresh process; this
-module tells the callers (``emseg fiji launch``, the test driver of the real ImageJ2) when that is
-the right advice instead of "check your Fiji".
+reported upstream). The same Fiji starts the next time. A JVM cannot be started twice in one
+process, so the only mend is a fresh process; this module tells the callers (``emseg fiji
+launch``, the test driver of the real ImageJ2) when that is the right advice instead of "check
+your Fiji".
 """
 
 from __future__ import annotations
